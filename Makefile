@@ -1,0 +1,36 @@
+# The README's two commands: `make run` (set up + run the pipeline on the
+# embedded default) and `make test` (set up + run the whole test suite).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CORES  ?= all
+# A machine-wide pip constraint (some images cap torch below our lock) must not
+# override the lock; /dev/null as the constraint file keeps every other pip setting.
+export PIP_CONSTRAINT := /dev/null
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup run test reports bench clean
+
+$(VENV)/.installed: envs/requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r envs/requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(BIN)/snakemake --cores $(CORES) --printshellcmds --keep-going
+	$(BIN)/snakemake --cores 1 --report reports/report.html
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+reports: setup
+	$(BIN)/normbench report --results results --out reports
+
+bench: setup
+	$(BIN)/normbench bench
+
+clean:
+	rm -rf results reports/*/ reports/index.md reports/report.html .snakemake

@@ -1,0 +1,263 @@
+"""Datasets held whole in memory on the run's device; batches are index slices
+of a seeded permutation (airbench-style, no DataLoader workers).
+
+Bundled / generated: ``digits`` (scikit-learn), ``synthetic`` (class-structured
+images), ``synthetic_linear`` (the deep-linear-net regression y = A x).
+Downloaded once through torchvision: ``cifar10``, ``cifar100``, ``mnist``,
+``fashion_mnist``.  Files are checksum-verified before torchvision reads them
+(CIFAR's batches are pickles), then cached as a tensor file that loads with
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .norms import ConfigError
+from .store import atomic_path
+
+
+class DataError(RuntimeError):
+    """Dataset files missing or corrupt; the message names the file."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    task: str  # "classification" | "regression"
+    num_outputs: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device) -> "Dataset":
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return Dataset(self.name, move(self.x_train), move(self.y_train), move(self.x_test),
+                       move(self.y_test), self.task, self.num_outputs)
+
+
+def _standardize(x_train: torch.Tensor, x_test: torch.Tensor):
+    """Per-channel mean/std from the training split only."""
+    dims = [0] + list(range(2, x_train.dim()))
+    mean, std = x_train.mean(dims, keepdim=True), x_train.std(dims, keepdim=True).clamp_min(1e-6)
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+def _split(x: torch.Tensor, y: torch.Tensor, n_test: int, seed: int):
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    test, train = perm[:n_test], perm[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+# ----------------------------------------------------------------------------
+# Bundled and generated data
+# ----------------------------------------------------------------------------
+
+
+def load_digits(data_dir=None) -> Dataset:
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    xtr, ytr, xte, yte = _split(x, y, n_test=360, seed=0)  # fixed split, independent of the run seed
+    xtr, xte = _standardize(xtr, xte)
+    return Dataset("digits", xtr, ytr, xte, yte, "classification", 10)
+
+
+def load_synthetic(data_dir=None, n_train=2000, n_test=500, classes=10, size=8, seed=0) -> Dataset:
+    """Class-structured images: a smooth random template per class plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(classes, 1, size // 2, size // 2, generator=g)
+    templates = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    y = torch.randint(0, classes, (n_train + n_test,), generator=g)
+    x = templates[y] + 0.8 * torch.randn(n_train + n_test, 1, size, size, generator=g)
+    xtr, xte = _standardize(x[:n_train], x[n_train:])
+    return Dataset("synthetic", xtr, y[:n_train], xte, y[n_train:], "classification", classes)
+
+
+def load_synthetic_linear(data_dir=None, n_train=1000, n_test=200, dim=10, seed=0) -> Dataset:
+    """Santurkar's deep-linear-net problem: x ~ N(0, I), y = A x with a fixed Gaussian A."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(dim, dim, generator=g)
+    x = torch.randn(n_train + n_test, dim, generator=g)
+    y = x @ a.T
+    return Dataset("synthetic_linear", x[:n_train], y[:n_train], x[n_train:], y[n_train:], "regression", dim)
+
+
+# ----------------------------------------------------------------------------
+# torchvision datasets: verify, load, cache
+# ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TorchvisionSource:
+    cls_name: str  # torchvision.datasets class
+    folder: str  # what torchvision creates under the data dir
+    num_classes: int
+
+    def tv_class(self):
+        import torchvision  # lazy: only runs on these datasets pay for it
+
+        return getattr(torchvision.datasets, self.cls_name)
+
+    def expected_files(self) -> dict[str, str | None]:
+        """Relative path -> md5 (None: existence only) of what must be on disk."""
+        cls = self.tv_class()
+        if hasattr(cls, "train_list"):  # CIFAR: pickled batches with published md5s
+            base = Path(cls.base_folder)
+            return {str(base / f): md5 for f, md5 in cls.train_list + cls.test_list}
+        # MNIST family: raw idx files (not pickles); torchvision's md5s are of the .gz archives.
+        return {f"{self.folder}/raw/{Path(url).stem}": None for url, _ in cls.resources}
+
+
+TORCHVISION: dict[str, TorchvisionSource] = {
+    "cifar10": TorchvisionSource("CIFAR10", "cifar-10-batches-py", 10),
+    "cifar100": TorchvisionSource("CIFAR100", "cifar-100-python", 100),
+    "mnist": TorchvisionSource("MNIST", "MNIST", 10),
+    "fashion_mnist": TorchvisionSource("FashionMNIST", "FashionMNIST", 10),
+}
+
+
+def md5sum(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def missing_files(name: str, data_dir: str | Path) -> list[Path]:
+    root = Path(data_dir) / name
+    return [root / rel for rel in TORCHVISION[name].expected_files() if not (root / rel).exists()]
+
+
+def verify_files(name: str, data_dir: str | Path, checksums: dict[str, str] | None = None) -> None:
+    """Every expected file exists and matches its checksum; otherwise a DataError naming it.
+    ``checksums`` replaces the published md5s (tests use small files in the real formats)."""
+    root = Path(data_dir) / name
+    missing = missing_files(name, data_dir)
+    if missing:
+        raise DataError(
+            f"dataset {name!r}: {missing[0]} is missing ({len(missing)} file(s) in all). Run "
+            f"`normbench download {name} --data-dir {data_dir}` on a machine with network, "
+            f"or copy the torchvision files into {root}/")
+    for rel, md5 in TORCHVISION[name].expected_files().items():
+        md5 = (checksums or {}).get(rel, md5)
+        if md5 is not None and md5sum(root / rel) != md5:
+            raise DataError(f"dataset {name!r}: {root / rel} fails its checksum (truncated or corrupt); "
+                            f"delete it and download again")
+
+
+def download(name: str, data_dir: str | Path) -> None:
+    """The real download (torchvision's own code, with its checksums)."""
+    src = TORCHVISION[name]
+    root = Path(data_dir) / name
+    root.mkdir(parents=True, exist_ok=True)
+    for train in (True, False):
+        src.tv_class()(str(root), train=train, download=True)
+    verify_files(name, data_dir)
+
+
+def _read_torchvision(name: str, root: Path, checksums: dict[str, str] | None):
+    src = TORCHVISION[name]
+    cls = src.tv_class()
+    if checksums and hasattr(cls, "train_list"):
+        # Same reader, our verified checksums: torchvision re-checks md5s against these.
+        patch = lambda lst: [[f, checksums.get(str(Path(cls.base_folder) / f), m)] for f, m in lst]  # noqa: E731
+        cls = type(cls.__name__, (cls,), {"train_list": patch(cls.train_list), "test_list": patch(cls.test_list)})
+    out = []
+    for train in (True, False):
+        try:
+            ds = cls(str(root), train=train, download=False)
+        except Exception as e:  # torchvision's messages do not name the file
+            raise DataError(f"dataset {name!r}: cannot read the files under {root}: {e}") from e
+        x = torch.as_tensor(np.asarray(ds.data))
+        x = x.permute(0, 3, 1, 2) if x.dim() == 4 else x.unsqueeze(1)  # CIFAR is NHWC, MNIST NHW
+        out += [x.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)]
+    return out
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def load_torchvision(name: str, data_dir: str | Path = "resources", checksums: dict | None = None) -> Dataset:
+    root = Path(data_dir) / name
+    cache = root / "normbench-cache.pt"
+    # One writer: a second job that starts at the same time waits, then reads the cache.
+    with _file_lock(root / ".cache.lock"):
+        if not cache.exists():
+            verify_files(name, data_dir, checksums)
+            xtr, ytr, xte, yte = _read_torchvision(name, root, checksums)
+            with atomic_path(cache) as tmp:
+                torch.save({"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}, tmp)
+    try:
+        t = torch.load(cache, weights_only=True)  # cannot execute code
+    except Exception as e:
+        raise DataError(f"dataset {name!r}: cache {cache} is unreadable ({e}); delete it to rebuild") from e
+    to_float = lambda x: x.float() / 255.0  # noqa: E731
+    xtr, xte = _standardize(to_float(t["x_train"]), to_float(t["x_test"]))
+    return Dataset(name, xtr, t["y_train"], xte, t["y_test"], "classification", TORCHVISION[name].num_classes)
+
+
+# ----------------------------------------------------------------------------
+# Registry and batches
+# ----------------------------------------------------------------------------
+
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "digits": load_digits,
+    "synthetic": load_synthetic,
+    "synthetic_linear": load_synthetic_linear,
+    **{name: (lambda data_dir="resources", _n=name: load_torchvision(_n, data_dir)) for name in TORCHVISION},
+}
+
+
+def check_dataset_name(name: str) -> None:
+    if name not in DATASETS:
+        raise ConfigError(f"dataset {name!r} is unknown; valid: {', '.join(sorted(DATASETS))}")
+
+
+def load_dataset(name: str, data_dir: str | Path = "resources", device="cpu") -> Dataset:
+    check_dataset_name(name)
+    return DATASETS[name](data_dir=data_dir).to(device)
+
+
+def batches(n: int, batch_size: int, seed: int, device="cpu", start_epoch: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+    """(epoch, index tensor) forever: a fresh seeded permutation per epoch,
+    dropping the last partial batch (batch-statistics norms need full batches).
+    Epoch e's permutation depends only on (seed, e), so a resumed run sees the
+    same batches."""
+    if batch_size > n:
+        raise ConfigError(f"batch_size: {batch_size} exceeds the {n} training examples")
+    epoch = start_epoch
+    while True:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        perm = torch.randperm(n, generator=g).to(device)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield epoch, perm[i:i + batch_size]
+        epoch += 1
+
+
+__all__ = ["Dataset", "DataError", "DATASETS", "TORCHVISION", "load_dataset", "batches", "download",
+           "verify_files", "missing_files", "check_dataset_name"]

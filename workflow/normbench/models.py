@@ -1,0 +1,247 @@
+"""Model registry.  Every model builds its blocks through ``NormAct`` so that
+the normalizer, its placement (``pre``: norm before the activation, as in the
+BN paper; ``post``: after it), the activation and the init apply everywhere."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from .norms import ConfigError, apply_to_weight, create_norm, norm_spec, resolve_options
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(),
+    "sigmoid": lambda: nn.Sigmoid(),
+    "tanh": lambda: nn.Tanh(),
+    "elu": lambda: nn.ELU(),
+    "identity": lambda: nn.Identity(),
+}
+PLACEMENTS = ("pre", "post")
+INITS = ("default", "kaiming", "glorot")
+_GAIN_NAME = {"relu": "relu", "elu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "identity": "linear"}
+
+
+def _choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not valid; choose one of {', '.join(map(str, choices))}")
+
+
+class Block(nn.Sequential):
+    """layer + norm + activation: the unit whose output the activation probes read."""
+
+
+@dataclass(frozen=True)
+class NormAct:
+    """The one place where a layer meets its normalizer and activation."""
+
+    norm: str = "none"
+    norm_options: dict = field(default_factory=dict)
+    activation: str = "relu"
+    placement: str = "pre"
+    init: str = "default"
+
+    def __post_init__(self):
+        norm_spec(self.norm)
+        resolve_options(self.norm, self.norm_options)
+        _choice("activation", self.activation, ACTIVATIONS)
+        _choice("placement", self.placement, PLACEMENTS)
+        _choice("init", self.init, INITS)
+
+    def act(self) -> nn.Module:
+        return ACTIVATIONS[self.activation]()
+
+    def norm_layer(self, channels: int, dim: int) -> nn.Module:
+        return create_norm(self.norm, channels, dim, **self.norm_options)
+
+    def init_layer(self, layer: nn.Module) -> nn.Module:
+        """Initialise a conv/linear layer (before any weight reparametrization)."""
+        if self.init == "kaiming":
+            nn.init.kaiming_normal_(layer.weight, nonlinearity=_GAIN_NAME[self.activation])
+        elif self.init == "glorot":
+            nn.init.xavier_uniform_(layer.weight, gain=nn.init.calculate_gain(_GAIN_NAME[self.activation]))
+        if self.init != "default" and getattr(layer, "bias", None) is not None:
+            nn.init.zeros_(layer.bias)
+        return layer
+
+    def weight(self, layer: nn.Module) -> nn.Module:
+        """Init, then apply a weight-reparametrizing norm (wn, sn) if configured."""
+        self.init_layer(layer)
+        if norm_spec(self.norm).reparametrizes_weight:
+            layer = apply_to_weight(self.norm, layer, **self.norm_options)
+        return layer
+
+    def block(self, layer: nn.Module, channels: int, dim: int) -> Block:
+        """layer → norm → act (pre) or layer → act → norm (post)."""
+        norm, act = self.norm_layer(channels, dim), self.act()
+        parts = (norm, act) if self.placement == "pre" else (act, norm)
+        return Block(self.weight(layer), *parts)
+
+    def residual_tail(self, channels: int, dim: int) -> tuple[nn.Module, nn.Module]:
+        """(before the residual add, after it) for the last layer of a block."""
+        if self.placement == "pre":
+            return self.norm_layer(channels, dim), self.act()
+        return nn.Identity(), nn.Sequential(self.act(), self.norm_layer(channels, dim))
+
+
+# ----------------------------------------------------------------------------
+# Architectures
+# ----------------------------------------------------------------------------
+
+
+def mlp(in_shape, out_dim, na: NormAct, depth: int = 3, width: int = 128, bias: bool = True):
+    layers: list[nn.Module] = [nn.Flatten()]
+    fan_in = math.prod(in_shape)
+    for _ in range(depth):
+        layers.append(na.block(nn.Linear(fan_in, width, bias=bias), width, dim=1))
+        fan_in = width
+    layers.append(na.weight(nn.Linear(fan_in, out_dim)))
+    return nn.Sequential(*layers)
+
+
+VGG_PRESETS = {
+    "digits": [32, 32, "M", 64, 64, "M"],
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    # 13 conv layers: the VGG-16-like net of Santurkar et al. (BN before ReLU).
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+
+
+def vgg(in_shape, out_dim, na: NormAct, layers="digits", width_mult: float = 1.0, bias: bool = True):
+    if isinstance(layers, str):
+        _choice("model.layers", layers, VGG_PRESETS)
+        layers = VGG_PRESETS[layers]
+    chans, size = in_shape[0], in_shape[-1]
+    body: list[nn.Module] = []
+    for item in layers:
+        if item == "M":
+            if size >= 2:  # small inputs (8×8 digits) simply skip the late pools
+                body.append(nn.MaxPool2d(2))
+                size //= 2
+            continue
+        out = max(1, int(round(int(item) * width_mult)))
+        body.append(na.block(nn.Conv2d(chans, out, 3, padding=1, bias=bias), out, dim=2))
+        chans = out
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), na.weight(nn.Linear(chans, out_dim))]
+    return nn.Sequential(*body, *head)
+
+
+class BasicBlock(nn.Module):
+    """CIFAR ResNet block (He et al. 2016), option-B 1×1 projection shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int, na: NormAct):
+        super().__init__()
+        self.conv1 = na.block(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), cout, 2)
+        self.conv2 = na.weight(nn.Conv2d(cout, cout, 3, 1, 1, bias=False))
+        self.before_add, self.after_add = na.residual_tail(cout, 2)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            proj = na.weight(nn.Conv2d(cin, cout, 1, stride, bias=False))
+            self.shortcut = nn.Sequential(proj, na.norm_layer(cout, 2) if na.placement == "pre" else nn.Identity())
+
+    def forward(self, x):
+        return self.after_add(self.before_add(self.conv2(self.conv1(x))) + self.shortcut(x))
+
+
+def resnet_cifar(in_shape, out_dim, na: NormAct, depth: int = 20, width: int = 16):
+    if (depth - 2) % 6:
+        raise ConfigError(f"model.depth: resnet_cifar needs depth = 6n+2 (20, 56, 110), got {depth}")
+    n = (depth - 2) // 6
+    layers: list[nn.Module] = [na.block(nn.Conv2d(in_shape[0], width, 3, 1, 1, bias=False), width, 2)]
+    cin = width
+    for stage, cout in enumerate((width, 2 * width, 4 * width)):
+        for i in range(n):
+            layers.append(BasicBlock(cin, cout, 2 if (stage > 0 and i == 0) else 1, na))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), na.weight(nn.Linear(cin, out_dim))]
+    return nn.Sequential(*layers)
+
+
+def _torchvision_resnet(arch: str):
+    def build(in_shape, out_dim, na: NormAct):
+        if na.placement != "pre" or na.activation != "relu" or norm_spec(na.norm).reparametrizes_weight:
+            raise ConfigError(
+                f"model {arch!r} (torchvision) supports placement 'pre', activation 'relu' and layer "
+                f"norms only; got placement={na.placement!r}, activation={na.activation!r}, norm={na.norm!r}")
+        import torchvision  # lazy: only runs that use a torchvision model pay for the import
+
+        net = getattr(torchvision.models, arch)(
+            weights=None, num_classes=out_dim, norm_layer=lambda c: na.norm_layer(c, 2))
+        if in_shape[0] != 3:
+            net.conv1 = nn.Conv2d(in_shape[0], 64, 7, 2, 3, bias=False)
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                na.init_layer(m)
+        return net
+
+    return build
+
+
+def dln(in_shape, out_dim, na: NormAct, depth: int = 25, width: int = 10):
+    """Deep linear network (Santurkar §C): ``depth`` bias-free width×width layers."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    fan_in = math.prod(in_shape)
+    for _ in range(depth - 1):
+        layers.append(na.block(nn.Linear(fan_in, width, bias=False), width, dim=1))
+        fan_in = width
+    layers.append(na.weight(nn.Linear(fan_in, out_dim, bias=False)))
+    return nn.Sequential(*layers)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    build: Callable[..., nn.Module]
+    options: dict[str, Any]
+    needs_images: bool = False
+    description: str = ""
+
+
+MODELS: dict[str, ModelSpec] = {
+    "mlp": ModelSpec(mlp, {"depth": 3, "width": 128, "bias": True}, description="fully connected net"),
+    "vgg": ModelSpec(vgg, {"layers": "digits", "width_mult": 1.0, "bias": True}, True, "VGG-style conv net"),
+    "resnet_cifar": ModelSpec(resnet_cifar, {"depth": 20, "width": 16}, True, "CIFAR ResNet-20/56/110"),
+    "resnet18": ModelSpec(_torchvision_resnet("resnet18"), {}, True, "torchvision ResNet-18"),
+    "resnet50": ModelSpec(_torchvision_resnet("resnet50"), {}, True, "torchvision ResNet-50"),
+    "dln": ModelSpec(dln, {"depth": 25, "width": 10}, description="deep linear network"),
+}
+
+
+def model_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(f"model type {name!r} is unknown; valid: {', '.join(sorted(MODELS))}") from None
+
+
+def resolve_model_options(name: str, options: dict | None) -> dict:
+    spec = model_spec(name)
+    unknown = sorted(set(options or {}) - set(spec.options))
+    if unknown:
+        raise ConfigError(f"model {name!r}: unknown option(s) {', '.join(unknown)}; "
+                          f"allowed: {', '.join(sorted(spec.options)) or 'none'}")
+    return {**spec.options, **(options or {})}
+
+
+def build_model(name: str, in_shape: tuple[int, ...], out_dim: int, na: NormAct,
+                options: dict | None = None) -> nn.Module:
+    spec = model_spec(name)
+    if spec.needs_images and len(in_shape) != 3:
+        raise ConfigError(f"model {name!r} needs image inputs (C×H×W); the dataset gives shape {tuple(in_shape)}")
+    if norm_spec(na.norm).conv_only and not spec.needs_images:
+        raise ConfigError(f"norm {na.norm!r} needs conv feature maps; model {name!r} has only linear layers")
+    return spec.build(tuple(in_shape), out_dim, na, **resolve_model_options(name, options))
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def probe_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The conv/linear layers whose weights the probes look at, in forward order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+__all__ = ["NormAct", "MODELS", "ACTIVATIONS", "PLACEMENTS", "INITS", "build_model", "model_spec",
+           "resolve_model_options", "count_params", "probe_layers", "VGG_PRESETS", "Block", "BasicBlock"]
