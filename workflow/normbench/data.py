@@ -16,7 +16,7 @@ import fcntl
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -119,7 +119,8 @@ class TorchvisionSource:
         cls = self.tv_class()
         if hasattr(cls, "train_list"):  # CIFAR: pickled batches with published md5s
             base = Path(cls.base_folder)
-            return {str(base / f): md5 for f, md5 in cls.train_list + cls.test_list}
+            files = cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]
+            return {str(base / f): md5 for f, md5 in files}
         # MNIST family: raw idx files (not pickles); torchvision's md5s are of the .gz archives.
         return {f"{self.folder}/raw/{Path(url).stem}": None for url, _ in cls.resources}
 
@@ -160,6 +161,20 @@ def verify_files(name: str, data_dir: str | Path, checksums: dict[str, str] | No
         if md5 is not None and md5sum(root / rel) != md5:
             raise DataError(f"dataset {name!r}: {root / rel} fails its checksum (truncated or corrupt); "
                             f"delete it and download again")
+        if md5 is None:
+            _check_idx(root / rel, name)
+
+
+def _check_idx(path: Path, name: str) -> None:
+    """An IDX file (MNIST family) is exactly as long as its header says."""
+    raw = path.read_bytes()
+    ok = len(raw) >= 4 and raw[0] == raw[1] == 0
+    if ok:
+        ndim = raw[3]
+        dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+        ok = len(raw) == 4 + 4 * ndim + int(np.prod(dims, dtype=np.int64))
+    if not ok:
+        raise DataError(f"dataset {name!r}: {path} is truncated or not an IDX file; delete it and download again")
 
 
 def download(name: str, data_dir: str | Path) -> None:
@@ -177,8 +192,11 @@ def _read_torchvision(name: str, root: Path, checksums: dict[str, str] | None):
     cls = src.tv_class()
     if checksums and hasattr(cls, "train_list"):
         # Same reader, our verified checksums: torchvision re-checks md5s against these.
-        patch = lambda lst: [[f, checksums.get(str(Path(cls.base_folder) / f), m)] for f, m in lst]  # noqa: E731
-        cls = type(cls.__name__, (cls,), {"train_list": patch(cls.train_list), "test_list": patch(cls.test_list)})
+        md5 = lambda f, m: checksums.get(str(Path(cls.base_folder) / f), m)  # noqa: E731
+        patch = lambda lst: [[f, md5(f, m)] for f, m in lst]  # noqa: E731
+        meta = {**cls.meta, "md5": md5(cls.meta["filename"], cls.meta["md5"])}
+        cls = type(cls.__name__, (cls,), {"train_list": patch(cls.train_list), "test_list": patch(cls.test_list),
+                                          "meta": meta})
     out = []
     for train in (True, False):
         try:
@@ -243,21 +261,25 @@ def load_dataset(name: str, data_dir: str | Path = "resources", device="cpu") ->
     return DATASETS[name](data_dir=data_dir).to(device)
 
 
-def batches(n: int, batch_size: int, seed: int, device="cpu", start_epoch: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
-    """(epoch, index tensor) forever: a fresh seeded permutation per epoch,
-    dropping the last partial batch (batch-statistics norms need full batches).
-    Epoch e's permutation depends only on (seed, e), so a resumed run sees the
-    same batches."""
-    if batch_size > n:
-        raise ConfigError(f"batch_size: {batch_size} exceeds the {n} training examples")
-    epoch = start_epoch
-    while True:
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        perm = torch.randperm(n, generator=g).to(device)
-        for i in range(0, n - batch_size + 1, batch_size):
-            yield epoch, perm[i:i + batch_size]
-        epoch += 1
+class BatchSchedule:
+    """Step s → (epoch, indices): a seeded permutation per epoch, drop-last
+    (batch-statistics norms need full batches).  Depends only on (seed, s), so a
+    resumed run sees the same batches."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, device):
+        if batch_size > n:
+            raise ConfigError(f"batch_size: {batch_size} exceeds the {n} training examples")
+        self.n, self.bs, self.seed, self.device = n, batch_size, seed, device
+        self.per_epoch = n // batch_size
+        self._epoch, self._perm = -1, None
+
+    def __call__(self, step: int) -> tuple[int, torch.Tensor]:
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).to(self.device)
+        return epoch, self._perm[i * self.bs:(i + 1) * self.bs]
 
 
-__all__ = ["Dataset", "DataError", "DATASETS", "TORCHVISION", "load_dataset", "batches", "download",
+__all__ = ["Dataset", "DataError", "DATASETS", "TORCHVISION", "load_dataset", "BatchSchedule", "download",
            "verify_files", "missing_files", "check_dataset_name"]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from . import __version__, probes
 from .config import RunConfig
-from .data import Dataset, load_dataset
+from .data import BatchSchedule, Dataset, load_dataset
 from .models import NormAct, build_model, count_params
 from .norms import noise_modules, seed_noise
 from .store import METRICS_SCHEMA, SUMMARY_SCHEMA, atomic_path, write_parquet
@@ -72,27 +72,6 @@ def git_revision() -> str:
                               text=True, timeout=5).stdout.strip() or "unknown"
     except Exception:
         return "unknown"
-
-
-class BatchSchedule:
-    """Step s → (epoch, indices): a seeded permutation per epoch, drop-last.
-    Depends only on (seed, s), so a resumed run sees the same batches."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, device):
-        from .norms import ConfigError
-
-        if batch_size > n:
-            raise ConfigError(f"batch_size: {batch_size} exceeds the {n} training examples")
-        self.n, self.bs, self.seed, self.device = n, batch_size, seed, device
-        self.per_epoch = n // batch_size
-        self._epoch, self._perm = -1, None
-
-    def __call__(self, step: int) -> tuple[int, torch.Tensor]:
-        epoch, i = divmod(step, self.per_epoch)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).to(self.device)
-        return epoch, self._perm[i * self.bs:(i + 1) * self.bs]
 
 
 @dataclass

@@ -1,0 +1,111 @@
+"""Every model × norm × placement builds, trains one step, and lowers the loss."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from normbench.models import MODELS, NormAct, build_model
+from normbench.norms import NORMS, ConfigError, norm_spec
+from normbench.probes import rng_state, set_rng_state
+
+IMAGE = (1, 8, 8)
+OPTIONS = {  # small sizes: the structure is what is tested
+    "mlp": {"depth": 3, "width": 16}, "vgg": {"layers": [8, "M", 16]},
+    "resnet_cifar": {"depth": 8, "width": 8}, "dln": {"depth": 6, "width": 10},
+    "resnet18": {}, "resnet50": {},
+}
+NORM_OPTS = {"gn": {"groups": 2}}
+LR = {"dln": 1e-2, "resnet18": 1e-3, "resnet50": 1e-3}
+
+
+def unsupported(model, norm, placement):
+    spec = norm_spec(norm)
+    if model in ("resnet18", "resnet50"):
+        return placement != "pre" or spec.reparametrizes_weight
+    return spec.conv_only and model in ("mlp", "dln")
+
+
+@pytest.mark.parametrize("placement", ["pre", "post"])
+@pytest.mark.parametrize("norm", sorted(NORMS))
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_builds_and_one_sgd_step_lowers_the_loss(model, norm, placement):
+    torch.manual_seed(0)
+    na = NormAct(norm, NORM_OPTS.get(norm, {}), "relu", placement)
+    if unsupported(model, norm, placement):
+        with pytest.raises(ConfigError):
+            build_model(model, IMAGE, 10, na, OPTIONS[model])
+        return
+    if model in ("resnet18", "resnet50") and norm not in ("bn", "gn", "none"):
+        pytest.skip("torchvision nets: norm plumbing is shared; bn/gn/none cover it")
+    net = build_model(model, IMAGE, 10, na, OPTIONS[model])
+    net.train()
+    x, y = torch.randn(16, *IMAGE), torch.randint(0, 10, (16,))
+    rng = rng_state(net)
+
+    def loss():
+        set_rng_state(net, rng)  # same noise (noisy_bn) for both evaluations
+        return F.cross_entropy(net(x), y)
+
+    before = loss()
+    before.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
+    opt = torch.optim.SGD(net.parameters(), lr=LR.get(model, 1e-2))
+    opt.step()
+    with torch.no_grad():
+        after = loss()
+    assert float(after) < float(before.detach())
+
+
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh", "identity", "elu"])
+def test_placement_orders_norm_and_activation(act):
+    pre = build_model("mlp", (4,), 2, NormAct("bn", {}, act, "pre"), {"depth": 1, "width": 3})
+    post = build_model("mlp", (4,), 2, NormAct("bn", {}, act, "post"), {"depth": 1, "width": 3})
+    kinds = lambda net: [type(m).__name__ for m in net[1]]  # noqa: E731
+    assert kinds(pre)[1] == "BatchNorm1d" and kinds(post)[2] == "BatchNorm1d"
+
+
+def test_deep_mlp_of_the_depth_experiment_is_expressible():
+    net = build_model("mlp", (1, 8, 8), 10, NormAct("bn", {}, "relu", "pre", "kaiming"), {"depth": 100, "width": 256})
+    assert sum(isinstance(m, torch.nn.Linear) for m in net.modules()) == 101
+    assert net(torch.randn(4, 1, 8, 8)).shape == (4, 10)
+
+
+def test_vgg16_has_13_convs_and_fits_cifar_and_digits():
+    na = NormAct("bn", {}, "relu", "pre", "glorot")
+    for shape in [(3, 32, 32), (1, 8, 8)]:
+        net = build_model("vgg", shape, 10, na, {"layers": "vgg16", "width_mult": 0.125})
+        assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == 13
+        assert net(torch.randn(2, *shape)).shape == (2, 10)
+
+
+def test_resnet_depths():
+    for depth, convs in [(20, 19 + 2), (56, 55 + 2)]:
+        net = build_model("resnet_cifar", (3, 32, 32), 10, NormAct("bn"), {"depth": depth})
+        assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == convs  # + 2 projection shortcuts
+    with pytest.raises(ConfigError, match="6n\\+2"):
+        build_model("resnet_cifar", (3, 32, 32), 10, NormAct("bn"), {"depth": 21})
+
+
+def test_dln_is_25_linear_layers_of_10():
+    net = build_model("dln", (10,), 10, NormAct("none", activation="identity"))
+    lins = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(lins) == 25 and all(m.weight.shape == (10, 10) and m.bias is None for m in lins)
+
+
+def test_inits():
+    torch.manual_seed(0)
+    net = build_model("mlp", (1000,), 10, NormAct("none", init="kaiming"), {"depth": 1, "width": 1000})
+    assert float(net[1][0].weight.detach().std()) == pytest.approx((2 / 1000) ** 0.5, rel=0.02)
+    net = build_model("mlp", (1000,), 10, NormAct("none", init="glorot", activation="identity"), {"depth": 1, "width": 1000})
+    assert float(net[1][0].weight.detach().std()) == pytest.approx((2 / 2000) ** 0.5, rel=0.02)
+
+
+def test_bad_names():
+    with pytest.raises(ConfigError, match="valid: .*mlp"):
+        build_model("transformer", IMAGE, 10, NormAct())
+    with pytest.raises(ConfigError, match="activation.*gelu.*relu"):
+        NormAct(activation="gelu")
+    with pytest.raises(ConfigError, match="placement"):
+        NormAct(placement="middle")
+    with pytest.raises(ConfigError, match="unknown option.*depht"):
+        build_model("mlp", IMAGE, 10, NormAct(), {"depht": 3})

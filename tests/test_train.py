@@ -1,0 +1,106 @@
+"""One run: Parquet schema, determinism, divergence, the CLI."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from normbench.config import RunConfig
+from normbench.norms import ConfigError
+from normbench.store import METRICS_SCHEMA, SUMMARY_SCHEMA
+from normbench.train import train
+
+DESIGN_SUMMARY = ["study", "model", "dataset", "norm", "placement", "activation", "lr", "batch_size", "seed",
+                  "final_test_acc", "final_test_loss", "best_test_acc", "final_train_loss", "diverged",
+                  "diverged_step", "steps", "wall_time_s"]
+DESIGN_METRICS = ["step", "epoch", "examples", "split", "metric", "layer", "value", "wall_time_s"]
+VOLATILE = ["wall_time_s", "train_time_s", "probe_time_s"]
+
+
+def small(**kw):
+    base = dict(model="mlp", model_options={"depth": 2, "width": 32}, norm="bn", lr=0.1, batch_size=16,
+                steps=30, eval_every=10, threads=1)
+    return RunConfig.from_dict({**base, **kw})
+
+
+def test_writes_both_parquet_files_with_documented_columns(tmp_path):
+    res = train(small(), tmp_path)
+    m, s = pq.read_table(tmp_path / "metrics.parquet"), pq.read_table(tmp_path / "summary.parquet")
+    assert m.schema.equals(METRICS_SCHEMA) and s.schema.equals(SUMMARY_SCHEMA)
+    assert set(DESIGN_METRICS) <= set(m.schema.names) and set(DESIGN_SUMMARY) <= set(s.schema.names)
+    df = m.to_pandas()
+    # eval at 0, 10, 20, 30: test loss+acc each time, train loss+acc after the first
+    assert len(df) == 4 * 2 + 3 * 2
+    assert set(df.split) == {"train", "test"} and set(df.metric) == {"loss", "acc"}
+    assert (df.norm == "bn").all() and (df.lr == 0.1).all() and (df.seed == 0).all()
+    assert s.num_rows == 1 and res.summary["steps"] == 30 and not res.summary["diverged"]
+
+
+def test_same_seed_gives_identical_parquet(tmp_path):
+    for d in ("a", "b"):
+        train(small(norm="noisy_bn"), tmp_path / d)
+    for name in ("metrics.parquet", "summary.parquet"):
+        a = pd.read_parquet(tmp_path / "a" / name).drop(columns=VOLATILE, errors="ignore")
+        b = pd.read_parquet(tmp_path / "b" / name).drop(columns=VOLATILE, errors="ignore")
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    other = train(small(norm="noisy_bn", seed=1)).metrics
+    assert not other.value.equals(pd.read_parquet(tmp_path / "a/metrics.parquet").value)
+
+
+def test_divergence_is_recorded_not_raised(tmp_path):
+    res = train(small(norm="none", lr=1e4, steps=60), tmp_path)
+    s = pd.read_parquet(tmp_path / "summary.parquet").iloc[0]
+    assert bool(s.diverged) and 0 <= s.diverged_step < 10
+    assert s.steps == 10  # stopped at the first eval point after diverging
+    assert res.diverged
+
+
+def test_loss_bound_counts_as_divergence():
+    res = train(small(diverge_loss=0.5, steps=20))
+    assert res.summary["diverged"] and res.summary["diverged_step"] == 0
+
+
+def test_steps_to_target_and_regression_task():
+    s = train(small(target_acc=0.5, steps=40)).summary
+    assert s["steps_to_target"] is not None and s["steps_to_target"] % 10 == 0
+    assert s["examples_to_target"] == s["steps_to_target"] * 16
+    r = train(RunConfig.from_dict(dict(model="dln", dataset="synthetic_linear", norm="none", activation="identity",
+                                        lr=1e-3, batch_size=1000, steps=5, eval_every=5))).summary
+    assert pd.isna(r["final_test_acc"]) and r["final_test_loss"] > 0
+
+
+@pytest.mark.parametrize("opt,sched", [("momentum", "step"), ("adam", "cosine")])
+def test_optimizers_and_schedules(opt, sched):
+    s = train(small(optimizer=opt, schedule=sched, lr=0.01 if opt == "adam" else 0.05, steps=40)).summary
+    assert s["final_test_acc"] > 0.3
+
+
+def test_run_config_rejects_bad_values():
+    with pytest.raises(ConfigError, match="optimizer.*rmsprop.*sgd"):
+        small(optimizer="rmsprop")
+    with pytest.raises(ConfigError, match="lr.*positive"):
+        small(lr=-0.1)
+    with pytest.raises(ConfigError, match="unknown run setting.*learning_rate"):
+        RunConfig.from_dict({"learning_rate": 0.1})
+    assert small(lr="1e-3").lr == 0.001  # YAML's 1e-3 (no dot) is a string; still a number
+
+
+def test_cli_200_step_digits_run(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: vgg\nnorm: bn\nlr: 0.1\nbatch_size: 32\nsteps: 200\neval_every: 50\nthreads: 1\n")
+    p = subprocess.run([sys.executable, "-m", "normbench.cli", "train", "--config", str(cfg), "--out",
+                        str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "step    200/200" in p.stderr  # progress is shown
+    s = pd.read_parquet(tmp_path / "out/summary.parquet").iloc[0]
+    assert s.final_test_acc > 0.9  # chance is 0.1
+    assert set(DESIGN_SUMMARY) <= set(s.index)
+
+
+def test_cli_bad_setting_is_one_clear_line(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "normbench.cli", "train", "--set", "norm=batchnorm"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "norm type 'batchnorm' is unknown; valid:" in p.stderr
+    assert "Traceback" not in p.stderr
