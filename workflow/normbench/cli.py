@@ -68,8 +68,8 @@ def cmd_aggregate(args) -> int:
     cfg = load_config(args.config)
     studies = args.studies or list(cfg.studies)
     for name in studies:
-        s, m = aggregate_study(cfg, name, args.results)
-        print(f"{name}: {len(s)} runs, {len(m)} metric rows")
+        n_runs, n_rows = aggregate_study(cfg, name, args.results)
+        print(f"{name}: {n_runs} runs, {n_rows} metric rows")
     return 0
 
 

@@ -14,6 +14,7 @@ from .norms import ConfigError
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "step", "cosine")
 PROBES = ("ics", "landscape", "rel_loss", "act_stats")
+RUNNERS = ("network", "linear_gd")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class RunConfig:
     rel_loss_alphas: list = field(default_factory=lambda: [1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0])
     rel_loss_steps: int = 3  # Bjorck: relative loss at the first mini-batches only
     # execution
+    runner: str = "network"  # network | linear_gd (the feature-scaling study)
     device: str = "auto"
     data_dir: str = "resources"
     threads: int = 0  # 0: torch's default
@@ -73,15 +75,29 @@ class RunConfig:
 
         return {k: getattr(self, k) for k in PARAM_COLUMNS}
 
+    def provenance(self) -> dict[str, Any]:
+        """Summary columns saying what the ids stood for."""
+        import json
+
+        return {"norm_type": self.norm_kind, "norm_options": json.dumps(self.norm_options, sort_keys=True),
+                "model_type": self.model_kind, "model_options": json.dumps(self.model_options, sort_keys=True),
+                "init": self.init, "optimizer": self.optimizer}
+
     def validate(self) -> "RunConfig":
         """Check names and values; ConfigError names the key, value and choices."""
         from .data import check_dataset_name
         from .models import NormAct, model_spec, resolve_model_options
 
-        NormAct(self.norm_kind, self.norm_options, self.activation, self.placement, self.init)
-        model_spec(self.model_kind)
-        resolve_model_options(self.model_kind, self.model_options)
-        check_dataset_name(self.dataset)
+        _choice("runner", self.runner, RUNNERS)
+        if self.runner == "linear_gd":
+            from .feature_scaling import check
+
+            check(self.norm_kind, self.model_kind, self.dataset)
+        else:
+            NormAct(self.norm_kind, self.norm_options, self.activation, self.placement, self.init)
+            model_spec(self.model_kind)
+            resolve_model_options(self.model_kind, self.model_options)
+            check_dataset_name(self.dataset)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         for p in self.probes:

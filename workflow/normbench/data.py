@@ -187,6 +187,21 @@ def download(name: str, data_dir: str | Path) -> None:
     verify_files(name, data_dir)
 
 
+def ensure_dataset(name: str, data_dir: str | Path, allow_download: bool, marker: str | Path) -> None:
+    """Verify the files (downloading them first if allowed and missing), then
+    write ``marker`` listing what was verified."""
+    import json
+
+    from .store import write_text
+
+    if missing_files(name, data_dir) and allow_download:
+        print(f"{name}: downloading into {data_dir}/{name}", flush=True)
+        download(name, data_dir)
+    verify_files(name, data_dir)
+    write_text(json.dumps(sorted(TORCHVISION[name].expected_files())), marker)
+    print(f"{name}: verified", flush=True)
+
+
 def _read_torchvision(name: str, root: Path, checksums: dict[str, str] | None):
     src = TORCHVISION[name]
     cls = src.tv_class()
@@ -249,6 +264,20 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "synthetic_linear": load_synthetic_linear,
     **{name: (lambda data_dir="resources", _n=name: load_torchvision(_n, data_dir)) for name in TORCHVISION},
 }
+
+
+# Input shape and task of each dataset, known without loading it (config validation).
+SHAPES: dict[str, tuple[tuple[int, ...], str, int]] = {
+    "digits": ((1, 8, 8), "classification", 10),
+    "synthetic": ((1, 8, 8), "classification", 10),
+    "synthetic_linear": ((10,), "regression", 10),
+    "cifar10": ((3, 32, 32), "classification", 10),
+    "cifar100": ((3, 32, 32), "classification", 100),
+    "mnist": ((1, 28, 28), "classification", 10),
+    "fashion_mnist": ((1, 28, 28), "classification", 10),
+}
+TRAIN_SIZES = {"digits": 1437, "synthetic": 2000, "synthetic_linear": 1000, "cifar10": 50000,
+               "cifar100": 50000, "mnist": 60000, "fashion_mnist": 60000}
 
 
 def check_dataset_name(name: str) -> None:

@@ -198,7 +198,12 @@ class ModelSpec:
     description: str = ""
 
 
+def linear(in_shape, out_dim, na: NormAct, bias: bool = True):
+    return nn.Sequential(nn.Flatten(), na.weight(nn.Linear(math.prod(in_shape), out_dim, bias=bias)))
+
+
 MODELS: dict[str, ModelSpec] = {
+    "linear": ModelSpec(linear, {"bias": True}, description="a single linear layer"),
     "mlp": ModelSpec(mlp, {"depth": 3, "width": 128, "bias": True}, description="fully connected net"),
     "vgg": ModelSpec(vgg, {"layers": "digits", "width_mult": 1.0, "bias": True}, True, "VGG-style conv net"),
     "resnet_cifar": ModelSpec(resnet_cifar, {"depth": 20, "width": 16}, True, "CIFAR ResNet-20/56/110"),

@@ -154,16 +154,19 @@ class FunctionalLoss:
         self.hooks: list = []
 
     def params(self) -> Params:
-        return {k: v.detach() for k, v in model_params(self.model).items()}
+        """A copy of W_t: the optimizer's in-place step must not move it."""
+        return {k: v.detach().clone() for k, v in model_params(self.model).items()}
 
     def __call__(self, params: Params) -> torch.Tensor:
-        after = rng_state(self.model)
+        after, was_training = rng_state(self.model), self.model.training
         set_rng_state(self.model, self.rng)  # every evaluation sees the same noise
+        self.model.train()  # the training loss: batch statistics, noise on
         try:
             buffers = {k: v.clone() for k, v in self.buffers.items()}  # BN running stats untouched
             out = functional_call(self.model, {**params, **buffers}, (self.x,))
             return self.criterion(out, self.y)
         finally:
+            self.model.train(was_training)
             set_rng_state(self.model, after)
 
 
@@ -176,7 +179,8 @@ def layer_groups(model: nn.Module, max_layers: int) -> tuple[list[str], list[lis
     ``max_layers`` spread evenly from first to last."""
     from .models import probe_layers
 
-    layers = list(probe_layers(model).items())
+    # The first layer has no earlier layers, so its ICS is zero by definition: skip it.
+    layers = list(probe_layers(model).items())[1:]
     if max_layers and len(layers) > max_layers:
         idx = torch.linspace(0, len(layers) - 1, max_layers).round().long().unique().tolist()
         layers = [layers[i] for i in idx]

@@ -48,6 +48,12 @@ METRICS_SCHEMA = pa.schema(
 SUMMARY_SCHEMA = pa.schema(
     PARAM_FIELDS
     + [
+        # what the ids meant (reports read these, never the config)
+        ("norm_type", pa.string()),
+        ("norm_options", pa.string()),  # JSON
+        ("model_type", pa.string()),
+        ("model_options", pa.string()),  # JSON
+        ("init", pa.string()),
         ("optimizer", pa.string()),
         ("final_test_acc", pa.float64()),
         ("final_test_loss", pa.float64()),
@@ -130,3 +136,13 @@ def read_runs(run_dirs: Iterable[str | Path], name: str, schema: pa.Schema) -> p
     if not tables:
         return schema.empty_table()
     return pa.concat_tables(tables)
+
+
+def aggregate_runs(run_dirs: Iterable[str | Path], summary_path: str | Path, metrics_path: str | Path) -> tuple[int, int]:
+    """One study's runs -> its summary.parquet and metrics.parquet (typed, atomic)."""
+    run_dirs = list(run_dirs)
+    summary = read_runs(run_dirs, "summary.parquet", SUMMARY_SCHEMA)
+    metrics = read_runs(run_dirs, "metrics.parquet", METRICS_SCHEMA)
+    write_parquet(metrics, metrics_path)
+    write_parquet(summary, summary_path)
+    return summary.num_rows, metrics.num_rows

@@ -297,7 +297,7 @@ class Trainer:
         first_bad = int(self.first_bad)
         summary = {
             **self.identity,
-            "optimizer": cfg.optimizer,
+            **cfg.provenance(),
             "final_test_acc": pick(last("test", "acc")),
             "final_test_loss": pick(last("test", "loss")),
             "best_test_acc": self.best_acc,
@@ -376,9 +376,14 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, checkpoint_path: st
     """Train one run; write ``metrics.parquet`` and ``summary.parquet`` into ``out_dir``."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    trainer = Trainer(cfg, get_data(cfg, device), Path(checkpoint_path) if checkpoint_path else None, progress)
-    result = trainer.run()
+    if cfg.runner == "linear_gd":
+        from .feature_scaling import train as train_linear_gd
+
+        result = train_linear_gd(cfg, progress)
+    else:
+        device = resolve_device(cfg.device)
+        trainer = Trainer(cfg, get_data(cfg, device), Path(checkpoint_path) if checkpoint_path else None, progress)
+        result = trainer.run()
     if out_dir is not None:
         result.write(out_dir)
     if checkpoint_path and Path(checkpoint_path).exists():

@@ -1,0 +1,109 @@
+"""Bad configs fail before any job, with the key, the value and the choices."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from normbench.norms import ConfigError
+from normbench.pipeline import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+
+
+def mutate(fn):
+    c = copy.deepcopy(DEFAULT)
+    fn(c)
+    return c
+
+
+def sweep(c):
+    return c["studies"]["lr_bs_sweep"]
+
+
+BAD = {
+    "unknown study": (lambda c: c["studies"].__setitem__("imagenet_sweep", sweep(c)),
+                      r"studies\.imagenet_sweep: .*not a known study; valid: lr_bs_sweep"),
+    "unknown norm in grid": (lambda c: sweep(c)["grid"].__setitem__("norm", ["bn", "batchnorm"]),
+                             r"studies\.lr_bs_sweep\.grid\.norm: 'batchnorm' .*valid: .*gn"),
+    "unknown norm type": (lambda c: c["norms"].__setitem__("xn", {"type": "xnorm"}),
+                          r"norms\.xn: norm type 'xnorm' is unknown; valid: .*bn"),
+    "unknown norm option": (lambda c: c["norms"]["gn"].__setitem__("options", {"grops": 2}),
+                            r"norms\.gn: .*unknown option.*grops.*allowed: .*groups"),
+    "unknown model": (lambda c: sweep(c)["grid"].__setitem__("model", ["resnet9000"]),
+                      r"studies\.lr_bs_sweep\.grid\.model: 'resnet9000' .*valid: .*vgg"),
+    "unknown dataset": (lambda c: sweep(c)["grid"].__setitem__("dataset", ["imagenet"]),
+                        r"studies\.lr_bs_sweep\.grid\.dataset: dataset 'imagenet' is unknown; valid: .*digits"),
+    "unknown optimizer": (lambda c: sweep(c)["train"].__setitem__("optimizer", "rmsprop"),
+                          r"studies\.lr_bs_sweep\.train: optimizer: 'rmsprop' .*sgd, momentum, adam"),
+    "wrong type": (lambda c: sweep(c)["grid"].__setitem__("batch_size", ["big"]),
+                   r"studies\.lr_bs_sweep\.grid\.batch_size\.0: 'big' is not of type 'integer'"),
+    "negative lr": (lambda c: sweep(c)["grid"].__setitem__("lr", [0.1, -0.01]),
+                    r"studies\.lr_bs_sweep\.grid\.lr\.1: -0\.01 is less than or equal to the minimum of 0"),
+    "empty grid": (lambda c: sweep(c)["grid"].__setitem__("seed", []),
+                   r"studies\.lr_bs_sweep\.grid\.seed: \[\] should be non-empty"),
+    "bad group count": (lambda c: c["norms"]["gn"].__setitem__("options", {"groups": 3}),
+                        r"studies\.lr_bs_sweep\.grid: .*gn: groups=3 does not divide a layer of 16 channels"),
+    "instance norm on an MLP": (lambda c: sweep(c)["grid"].update(model=["mlp"], norm=["in"]),
+                                r"studies\.lr_bs_sweep\.grid: .*'in' needs conv feature maps"),
+    "quoted number": (lambda c: sweep(c)["grid"].__setitem__("lr", ["0.1"]),
+                      r"studies\.lr_bs_sweep\.grid\.lr\.0: '0\.1' is not of type 'number'"),
+    "unknown key": (lambda c: sweep(c).__setitem__("learning_rate", [0.1]),
+                    r"studies\.lr_bs_sweep: Additional properties are not allowed \('learning_rate'"),
+    "unknown train setting": (lambda c: sweep(c)["train"].__setitem__("stepz", 3),
+                              r"studies\.lr_bs_sweep\.train: Additional properties .*'stepz'"),
+    "bad placement": (lambda c: sweep(c)["grid"].__setitem__("placement", ["middle"]),
+                      r"placement: 'middle' is not valid; choose one of pre, post"),
+    "batch larger than data": (lambda c: sweep(c)["grid"].__setitem__("batch_size", [5000]),
+                               r"studies\.lr_bs_sweep\.grid\.batch_size: 5000 exceeds the 1437"),
+    "unknown probe": (lambda c: sweep(c)["train"].__setitem__("probes", ["hessian"]),
+                      r"studies\.lr_bs_sweep\.train: probes: 'hessian' is not valid; choose one of ics"),
+    "bad lp": (lambda c: c["norms"]["lp1_bn"].__setitem__("options", {"p": 3}),
+               r"norms\.lp1_bn: lp_bn: p=3 is not one of 1, 2, inf"),
+    "every study disabled": (lambda c: [s.__setitem__("enabled", False) for s in c["studies"].values()],
+                             r"studies: every study is disabled"),
+    "bad device": (lambda c: c.__setitem__("device", "tpu"), r"device: 'tpu' does not match"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_config_is_one_clear_error(name):
+    fn, pattern = BAD[name]
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(mutate(fn))
+
+
+def test_missing_dataset_files_offline(tmp_path):
+    c = mutate(lambda c: (sweep(c)["grid"].__setitem__("dataset", ["cifar10"]),
+                          c.update(download=False, data_dir=str(tmp_path))))
+    with pytest.raises(ConfigError, match=r"download: false, but dataset 'cifar10' is not in .*normbench download"):
+        load_config(c)
+
+
+def test_exponent_without_dot_is_a_number():
+    c = mutate(lambda c: sweep(c)["grid"].__setitem__("lr", ["1e-3", 1.0e-2]))
+    assert sorted(load_config(c).studies["lr_bs_sweep"].runs.lr.unique()) == [0.001, 0.01]
+    text = (ROOT / "config/config.yaml").read_text().replace("lr: [0.01, 0.05, 0.2, 1.0, 4.0]", "lr: [1e-3, 5e-2]")
+    assert yaml.safe_load(text)["studies"]["lr_bs_sweep"]["grid"]["lr"] == ["1e-3", "5e-2"]  # the YAML pitfall
+    assert sorted(load_config(yaml.safe_load(text)).studies["lr_bs_sweep"].runs.lr.unique()) == [0.001, 0.05]
+
+
+def test_lr_rule_scales_with_batch():
+    runs = load_config(DEFAULT).studies["gn_small_batch"].runs
+    lrs = dict(zip(runs.batch_size, runs.lr))
+    assert lrs == {32: 0.1, 16: 0.05, 8: 0.025, 4: 0.0125, 2: 0.00625}
+
+
+def test_default_grids_and_paths():
+    pipe = load_config(DEFAULT)
+    assert set(pipe.studies) == {"lr_bs_sweep", "bn_placement", "gn_small_batch", "santurkar", "bjorck",
+                                 "depth_stats", "feature_scaling"}
+    dirs = pipe.run_dirs("lr_bs_sweep")
+    assert len(dirs) == len(set(dirs)) == 4 * 2 * 5 * 3
+    assert dirs[0] == ("results/lr_bs_sweep/runs/model=cnn/dataset=digits/norm=none/placement=pre/"
+                       "activation=relu/batch_size=8/lr=0.01/seed=0")
+    # a pack holds the runs that differ only in lr and seed
+    packs = pipe.packs("lr_bs_sweep")
+    assert len(packs) == 8 and all(len(v) == 15 for v in packs.values())

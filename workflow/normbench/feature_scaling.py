@@ -1,0 +1,141 @@
+"""Input feature scaling and the error surface of a linear model (LeCun et al.
+1998, "Efficient BackProp", §4.3).
+
+Two features differing in scale by orders of magnitude make the least-squares
+Hessian ill-conditioned: gradient descent must take steps below 2/λmax, and then
+crawls along the flat direction.  Scaling the inputs changes the Hessian
+H = AᵀA/n (A = [scaled features, 1]) and with it the condition number and the
+number of steps to converge.
+
+The runner writes the same Parquet schema as a network run.  Its ``norm`` is
+the input scaling; its ``lr`` is the step as a fraction of the stability limit
+2/λmax (so every scaling is compared at the same relative step).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .norms import ConfigError
+
+Scaling = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x, x_train) -> scaled x
+
+SCALINGS: dict[str, Scaling] = {
+    "raw": lambda x, ref: x,
+    "minmax": lambda x, ref: (x - ref.min(0)) / (ref.max(0) - ref.min(0)),
+    "mean_norm": lambda x, ref: (x - ref.mean(0)) / (ref.max(0) - ref.min(0)),
+    "standardize": lambda x, ref: (x - ref.mean(0)) / ref.std(0),
+}
+TRUE_W = np.array([2.0, 0.003])  # y = 2·x1 + 0.003·x2 + 1 + noise
+
+
+def two_scale(n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """x1 ~ U(0, 1), x2 ~ U(0, 1000) (three orders of magnitude apart), shifted off zero."""
+    rng = np.random.default_rng(seed)
+    x = np.column_stack([rng.uniform(0, 1, n), rng.uniform(0, 1000, n)]) + np.array([0.5, 500.0])
+    y = x @ TRUE_W + 1.0 + 0.1 * rng.standard_normal(n)
+    return x, y
+
+
+def check(norm: str, model_type: str, dataset: str) -> None:
+    if norm not in SCALINGS:
+        raise ConfigError(f"norm: {norm!r} is not an input scaling; valid: {', '.join(SCALINGS)}")
+    if model_type != "linear":
+        raise ConfigError(f"model: feature_scaling trains the linear model 'linear', not {model_type!r}")
+    if dataset != "two_scale":
+        raise ConfigError(f"dataset: feature_scaling uses 'two_scale', not {dataset!r}")
+
+
+def design(scaling: str, seed: int = 0):
+    """(A_train, y_train, A_test, y_test): scaled features plus a bias column."""
+    x, y = two_scale(1200, seed)
+    xtr, xte = x[:1000], x[1000:]
+    f = SCALINGS[scaling]
+    add1 = lambda z: np.column_stack([z, np.ones(len(z))])  # noqa: E731
+    return add1(f(xtr, xtr)), y[:1000], add1(f(xte, xtr)), y[1000:]
+
+
+def loss(A: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """½·mean squared error; w may be (..., 3) for a whole grid at once."""
+    r = np.einsum("nk,...k->...n", A, w) - y
+    return 0.5 * (r ** 2).mean(-1)
+
+
+def hessian(A: np.ndarray) -> np.ndarray:
+    return A.T @ A / len(A)
+
+
+def error_surface(scaling: str, grid: int = 80, seed: int = 0, span: float = 1.5):
+    """Loss over the two feature weights (bias at its optimum for each point) around
+    the optimum, for contour plots: (w1 grid, w2 grid, loss, optimum)."""
+    A, y, _, _ = design(scaling, seed)
+    w_star = np.linalg.lstsq(A, y, rcond=None)[0]
+    half = span * np.maximum(np.abs(w_star[:2]), 1e-3)
+    w1 = np.linspace(w_star[0] - half[0], w_star[0] + half[0], grid)
+    w2 = np.linspace(w_star[1] - half[1], w_star[1] + half[1], grid)
+    W1, W2 = np.meshgrid(w1, w2)
+    # optimal bias given (w1, w2): mean residual
+    b = (y[None, None, :] - W1[..., None] * A[:, 0] - W2[..., None] * A[:, 1]).mean(-1)
+    L = loss(A, y, np.stack([W1, W2, b], -1))
+    return W1, W2, L, w_star
+
+
+def train(cfg, progress=None):
+    """Full-batch gradient descent on ½·MSE; rows and summary as a network run."""
+    from . import __version__
+    from .train import RunResult, git_revision
+
+    check(cfg.norm_kind, cfg.model_kind, cfg.dataset)
+    t0 = time.perf_counter()
+    A, y, At, yt = design(cfg.norm_kind)
+    H = hessian(A)
+    eig = np.linalg.eigvalsh(H)
+    step = cfg.lr * 2.0 / eig[-1]
+    w_star = np.linalg.solve(H, A.T @ y / len(A))
+    l_star, w = loss(A, y, w_star), np.random.default_rng(cfg.seed).standard_normal(3)
+    l0 = loss(A, y, w)
+    rows, converged, diverged = [], None, None
+
+    def row(s, split, metric, value):
+        rows.append({"step": s, "epoch": float(s), "examples": s * len(A), "split": split, "metric": metric,
+                     "layer": None, "step_size": None, "value": float(value),
+                     "wall_time_s": time.perf_counter() - t0})
+
+    row(0, "probe", "hessian_cond", eig[-1] / eig[0])
+    s = 0
+    for s in range(cfg.steps + 1):
+        lt = loss(A, y, w)
+        if not np.isfinite(lt) or lt > cfg.diverge_loss:
+            diverged = s
+        if converged is None and lt - l_star <= 1e-6 * (l0 - l_star):
+            converged = s
+        if s % cfg.eval_every == 0 or s == cfg.steps or diverged is not None or converged == s:
+            row(s, "train", "loss", lt)
+            row(s, "test", "loss", loss(At, yt, w))
+            row(s, "probe", "w1", w[0])
+            row(s, "probe", "w2", w[1])
+        if diverged is not None or converged is not None or s == cfg.steps:
+            break
+        w = w - step * (H @ w - A.T @ y / len(A))
+    if progress:
+        progress(f"{cfg.norm}: cond {eig[-1] / eig[0]:.3g}, "
+                 + (f"converged at step {converged}" if converged is not None else f"not converged in {s} steps"))
+    metrics = pd.DataFrame(rows)
+    for k, v in cfg.identity().items():
+        metrics[k] = v
+    wall = time.perf_counter() - t0
+    final = float(loss(At, yt, w))
+    summary = {**cfg.identity(), **cfg.provenance(), "optimizer": "gd", "final_test_acc": float("nan"), "final_test_loss": final,
+               "best_test_acc": float("nan"), "final_train_loss": float(loss(A, y, w)),
+               "diverged": diverged is not None, "diverged_step": diverged, "steps": s,
+               "examples": s * len(A), "target_acc": None, "steps_to_target": converged,
+               "examples_to_target": None if converged is None else converged * len(A),
+               "wall_time_s": wall, "train_time_s": wall, "probe_time_s": 0.0, "num_params": 3,
+               "device": "cpu", "torch_version": torch.__version__, "normbench_version": __version__,
+               "git_rev": git_revision()}
+    return RunResult(metrics, summary, diverged is not None)

@@ -1,0 +1,77 @@
+"""Published numbers our reports show beside our own, with their sources and
+the settings they were measured in.  ``approx`` marks figures read off a plot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Reference:
+    source: str
+    setting: str
+    values: dict = field(default_factory=dict)
+    approx: bool = False
+
+    def cite(self) -> str:
+        return f"{self.source}{' (approx., read off a figure)' if self.approx else ''}"
+
+
+CAFFENET_PLACEMENT = Reference(
+    "ducha-aiki/caffenet-benchmark, batchnorm.md",
+    "ImageNet-2012, CaffeNet128 (fc 2048, no LRN, LSUV init), 128px crops, SGD momentum 0.9, wd 5e-4, "
+    "lr 0.01 ×0.1 every 100K, 320K iterations, batch 256; top-1 accuracy / test log loss",
+    {  # (norm is BN, affine, placement) -> (accuracy, log loss)
+        "no BN": (0.471, 2.36),
+        "BN before ReLU": (0.474, 2.35),
+        "BN before ReLU + scale&bias": (0.478, 2.33),
+        "BN after ReLU": (0.499, 2.21),
+        "BN after ReLU + scale&bias": (0.493, 2.24),
+    },
+)
+
+CAFFENET_ACTIVATIONS = Reference(
+    "ducha-aiki/caffenet-benchmark, batchnorm.md",
+    "as above, BN after the activation",
+    {"relu": (0.499, 2.21), "prelu": (0.503, 2.19), "elu": (0.498, 2.23), "sigmoid": (0.475, 2.35),
+     "tanh": (0.448, 2.50), "identity": (0.384, 2.96)},
+)
+
+GN_WU_HE = Reference(
+    "Wu & He 2018, Group Normalization (arXiv 1803.08494), Fig. 1 / Table 2",
+    "ResNet-50, ImageNet, 8 GPUs, BN statistics per GPU, lr 0.1·N/32, 100 epochs; validation error (%)",
+    {"bn": {32: 23.6, 16: 23.7, 8: 24.8, 4: 27.3, 2: 34.7},
+     "gn": {32: 24.1, 16: 24.2, 8: 24.0, 4: 24.2, 2: 24.1},
+     "ln": {32: 25.3}, "in": {32: 28.4}, "brn": {4: 26.3}},
+)
+
+GN_GROUPS_WU_HE = Reference(
+    "Wu & He 2018, Table 3", "ResNet-50, ImageNet, 32 images/GPU; validation error (%) by group count",
+    {64: 24.6, 32: 24.1, 16: 24.6, 8: 24.4, 4: 24.6, 2: 24.7, 1: 25.3},
+)
+
+BN_PAPER_STEPS = Reference(
+    "Ioffe & Szegedy 2015, §4.2.2", "Inception on ImageNet: steps to reach 72.2% top-1, best accuracy",
+    {"Inception": (31.0e6, 0.722), "BN-Baseline": (13.3e6, 0.727), "BN-x5": (2.1e6, 0.730),
+     "BN-x30": (2.7e6, 0.748), "BN-x5-Sigmoid": (None, 0.698)},
+)
+
+SANTURKAR = Reference(
+    "Santurkar et al. 2018 (arXiv 1805.11604)",
+    "VGG-like net on CIFAR-10, plain SGD, batch 128, lr 0.1, 15k steps, no augmentation",
+    {"test_acc": {"bn": 0.83, "none": 0.80}, "beta_eff_vgg_range": (5, 45)},
+)
+SANTURKAR_BETA = Reference("Santurkar et al. 2018, Fig. 4", "VGG on CIFAR-10; effective β-smoothness",
+                           {"range": (5, 45)}, approx=True)
+
+BJORCK = Reference(
+    "Bjorck et al. 2018 (arXiv 1806.02375)", "ResNet-110, CIFAR-10, SGD",
+    {"final_acc": {("bn", 0.1): 0.93, ("bn", 0.003): 0.905, ("bn", 1e-4): 0.81, ("none", 1e-4): 0.82},
+     "rel_loss": "without BN above 1e6 once the step exceeds ~3e-3; with BN at most ~3 up to 0.1"},
+    approx=True,
+)
+
+CEREBRAS_RESNET20 = Reference(
+    "Cerebras online-normalization", "ResNet-20, CIFAR-10 test accuracy (%)",
+    {"bn": 92.2, "ln": 87.4, "in": 90.4, "gn": 90.3},
+)

@@ -1,0 +1,17 @@
+# Per study: every run's Parquet -> results/<study>/{summary,metrics}.parquet.
+
+
+rule aggregate:
+    input:
+        lambda w: PIPE.markers(w.study),
+    output:
+        summary=f"{RESULTS}/{{study}}/summary.parquet",
+        metrics=f"{RESULTS}/{{study}}/metrics.parquet",
+    params:
+        runs=lambda w: PIPE.run_dirs(w.study),
+    log:
+        "logs/aggregate/{study}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/aggregate.py"

@@ -1,0 +1,7 @@
+# Thin glue: concatenate the study's run files into its two Parquet tables.
+from normbench.glue import logged
+from normbench.store import aggregate_runs
+
+with logged(snakemake.log[0]):
+    runs, rows = aggregate_runs(snakemake.params.runs, snakemake.output.summary, snakemake.output.metrics)
+    print(f"{snakemake.wildcards.study}: {runs} runs, {rows} metric rows")
