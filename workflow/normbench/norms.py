@@ -122,6 +122,10 @@ class BatchNoise(nn.Module):
         self.num_features = num_features
         self.generator: torch.Generator | None = None
         self._seed = seed
+        # Noise handed in from outside (a vectorized pack draws each member's noise
+        # from that member's generator and passes it through functional_call).
+        self.register_buffer("ext_s", None, persistent=False)
+        self.register_buffer("ext_m", None, persistent=False)
 
     def _gen(self, device) -> torch.Generator:
         if self.generator is None or self.generator.device != torch.device(device):
@@ -144,7 +148,10 @@ class BatchNoise(nn.Module):
     def forward(self, x):
         if not self.training:
             return x
-        s, m = self.sample(x.shape[0], x.device, x.dtype)
+        if self.ext_s is not None:
+            s, m = self.ext_s, self.ext_m
+        else:
+            s, m = self.sample(x.shape[0], x.device, x.dtype)
         shape = (x.shape[0], self.num_features) + (1,) * (x.dim() - 2)
         return s.view(shape) * x + m.view(shape)
 

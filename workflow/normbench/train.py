@@ -110,6 +110,100 @@ class _Sigterm:
 
 
 @dataclass
+class Recorder:
+    """One run's metric rows and running summary; shared by solo and vectorized training."""
+
+    cfg: RunConfig
+    per_epoch: int
+    classification: bool
+    rows: list = field(default_factory=list)
+    best_acc: float = float("nan")
+    steps_to_target: int | None = None
+    elapsed: float = 0.0  # wall time of earlier attempts (resume)
+    probe_time: float = 0.0
+    t0: float = field(default_factory=time.perf_counter)
+
+    def row(self, step, split, metric, value, layer=None, step_size=None):
+        self.rows.append({
+            "step": step, "epoch": step / self.per_epoch, "examples": step * self.cfg.batch_size,
+            "split": split, "metric": metric, "layer": layer, "step_size": step_size,
+            "value": float(value), "wall_time_s": self.wall(),
+        })
+
+    def wall(self) -> float:
+        return self.elapsed + time.perf_counter() - self.t0
+
+    def eval_point(self, step, seen: int, train_loss_sum: float, train_correct: float,
+                   test_loss: float, test_acc: float | None) -> None:
+        """Train metrics since the last eval point, then test metrics."""
+        if seen:
+            self.row(step, "train", "loss", train_loss_sum / seen)
+            if self.classification:
+                self.row(step, "train", "acc", train_correct / (seen * self.cfg.batch_size))
+        self.row(step, "test", "loss", test_loss)
+        if self.classification:
+            self.row(step, "test", "acc", test_acc)
+            self.best_acc = test_acc if math.isnan(self.best_acc) else max(self.best_acc, test_acc)
+            if self.cfg.target_acc is not None and self.steps_to_target is None and test_acc >= self.cfg.target_acc:
+                self.steps_to_target = step
+
+    def result(self, steps: int, first_bad: int, num_params: int, device) -> RunResult:
+        cfg, identity = self.cfg, self.cfg.identity()
+        wall = self.wall()
+        metrics = pd.DataFrame(self.rows, columns=[f.name for f in METRICS_SCHEMA if f.name not in identity])
+        for k, v in identity.items():
+            metrics[k] = v
+        pick = lambda split, metric: _last(metrics, split, metric)  # noqa: E731
+        summary = {
+            **identity, **cfg.provenance(),
+            "final_test_acc": pick("test", "acc"), "final_test_loss": pick("test", "loss"),
+            "best_test_acc": self.best_acc, "final_train_loss": pick("train", "loss"),
+            "diverged": first_bad >= 0, "diverged_step": first_bad if first_bad >= 0 else None,
+            "steps": steps, "examples": steps * cfg.batch_size, "target_acc": cfg.target_acc,
+            "steps_to_target": self.steps_to_target,
+            "examples_to_target": None if self.steps_to_target is None else self.steps_to_target * cfg.batch_size,
+            "wall_time_s": wall, "train_time_s": wall - self.probe_time, "probe_time_s": self.probe_time,
+            "num_params": num_params, "device": str(device), "torch_version": torch.__version__,
+            "normbench_version": __version__, "git_rev": git_revision(),
+        }
+        return RunResult(metrics, summary, first_bad >= 0)
+
+    def state(self) -> dict:
+        return {"rows": self.rows, "best_acc": self.best_acc, "steps_to_target": self.steps_to_target,
+                "elapsed": self.wall(), "probe_time": self.probe_time}
+
+    def load_state(self, s: dict) -> None:
+        self.rows, self.best_acc, self.steps_to_target = s["rows"], s["best_acc"], s["steps_to_target"]
+        self.elapsed, self.probe_time, self.t0 = s["elapsed"], s["probe_time"], time.perf_counter()
+
+
+def _last(metrics: pd.DataFrame, split: str, metric: str) -> float:
+    v = metrics.loc[(metrics.split == split) & (metrics.metric == metric), "value"]
+    return float(v.iloc[-1]) if len(v) else float("nan")
+
+
+@torch.no_grad()
+def evaluate_model(forward, data: Dataset, criterion, members: bool = False, chunk: int = 1024):
+    """(mean test loss, accuracy) of ``forward(x)`` over the test set.  With
+    ``members`` the outputs carry a leading member dim (a vectorized pack) and
+    both results are per member.  Regression: loss per output, accuracy 0."""
+    n, regression = len(data.x_test), data.task == "regression"
+    loss_sum = correct = 0
+    for i in range(0, n, chunk):
+        x, y = data.x_test[i:i + chunk], data.y_test[i:i + chunk]
+        out = forward(x)
+        if not members:
+            out = out.unsqueeze(0)
+        per = criterion(out.flatten(0, 1), y.repeat(out.shape[0], *([1] * (y.dim() - 1))), reduction="none")
+        per = per.reshape(out.shape[0], -1).sum(1)
+        loss_sum = loss_sum + (per / out.shape[-1] if regression else per)
+        if not regression:
+            correct = correct + (out.argmax(-1) == y).sum(-1)
+    loss, acc = loss_sum / n, torch.as_tensor(correct, dtype=torch.float64) / n
+    return (loss, acc) if members else (loss[0], acc.reshape(-1)[0])
+
+
+@dataclass
 class Trainer:
     """One run's state.  ``run()`` trains to the end (or divergence)."""
 
@@ -117,7 +211,6 @@ class Trainer:
     data: Dataset
     checkpoint_path: Path | None = None
     progress: Callable[[str], None] | None = None
-    rows: list = field(default_factory=list)
 
     def __post_init__(self):
         cfg = self.cfg
@@ -132,14 +225,10 @@ class Trainer:
         self.sched = make_schedule(cfg, self.opt, self.total)
         self.criterion = criterion_for(self.data.task)
         self.batches = BatchSchedule(len(self.data.x_train), cfg.batch_size, cfg.seed, self.device)
-        self.identity = cfg.identity()
+        self.rec = Recorder(cfg, self.batches.per_epoch, self.data.task == "classification")
         self.step = 0
-        self.elapsed = 0.0  # wall time of earlier attempts (resume)
-        self.probe_time = 0.0
         self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self._reset_accumulators()
-        self.best_acc = float("nan")
-        self.steps_to_target = None
         self.probe_names, self.probe_groups = probes.layer_groups(self.model, cfg.probe_layers)
         self.param_order = list(probes.model_params(self.model))
         if self.checkpoint_path and Path(self.checkpoint_path).exists():
@@ -152,13 +241,8 @@ class Trainer:
         self.correct = torch.zeros((), device=self.device, dtype=torch.long)
         self.seen = 0
 
-    def _row(self, split, metric, value, layer=None, step_size=None, step=None):
-        step = self.step if step is None else step
-        self.rows.append({
-            "step": step, "epoch": step / self.batches.per_epoch, "examples": step * self.cfg.batch_size,
-            "split": split, "metric": metric, "layer": layer, "step_size": step_size,
-            "value": float(value), "wall_time_s": self.elapsed + time.perf_counter() - self.t0,
-        })
+    def _row(self, split, metric, value, layer=None, step_size=None):
+        self.rec.row(self.step, split, metric, value, layer, step_size)
 
     def _say(self, msg: str):
         if self.progress:
@@ -168,7 +252,7 @@ class Trainer:
 
     def run(self) -> RunResult:
         cfg = self.cfg
-        self.t0 = time.perf_counter()
+        self.rec.t0 = time.perf_counter()
         last_ckpt = time.monotonic()
         if self.step == 0:
             self.evaluate()
@@ -243,7 +327,7 @@ class Trainer:
             for layer, (m, s) in probes.activation_stats(loss_fn, before).items():
                 self._row("probe", "act_mean", m, layer=layer)
                 self._row("probe", "act_std", s, layer=layer)
-        self.probe_time += time.perf_counter() - t
+        self.rec.probe_time += time.perf_counter() - t
         self.train_step(x, y)  # the real step: same noise, same batch, untouched state
         if periodic and "ics" in cfg.probes:
             t = time.perf_counter()
@@ -253,72 +337,25 @@ class Trainer:
             for i, (l2, cos) in res.items():
                 self._row("probe", "ics_l2", l2, layer=self.probe_names[i])
                 self._row("probe", "ics_cos", cos, layer=self.probe_names[i])
-            self.probe_time += time.perf_counter() - t
+            self.rec.probe_time += time.perf_counter() - t
 
     # -- evaluation --------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self) -> bool:
         """Log train/test metrics; True if the run has diverged (ends it)."""
-        if self.seen:
-            self._row("train", "loss", float(self.loss_sum) / self.seen)
-            if self.data.task == "classification":
-                self._row("train", "acc", float(self.correct) / (self.seen * self.cfg.batch_size))
-        self._reset_accumulators()
         self.model.eval()
-        loss_sum, correct, n = 0.0, 0, len(self.data.x_test)
-        for i in range(0, n, 1024):
-            x, y = self.data.x_test[i:i + 1024], self.data.y_test[i:i + 1024]
-            out = self.model(x)
-            loss_sum += float(self.criterion(out, y, reduction="sum")) / (out.shape[1] if self.data.task == "regression" else 1)
-            if self.data.task == "classification":
-                correct += int((out.argmax(1) == y).sum())
-        self._row("test", "loss", loss_sum / n)
-        if self.data.task == "classification":
-            acc = correct / n
-            self._row("test", "acc", acc)
-            self.best_acc = acc if math.isnan(self.best_acc) else max(self.best_acc, acc)
-            if self.cfg.target_acc is not None and self.steps_to_target is None and acc >= self.cfg.target_acc:
-                self.steps_to_target = self.step
+        loss, acc = evaluate_model(self.model, self.data, self.criterion)
+        classification = self.data.task == "classification"
+        self.rec.eval_point(self.step, self.seen, float(self.loss_sum), float(self.correct), float(loss),
+                            float(acc) if classification else None)
+        self._reset_accumulators()
         diverged = int(self.first_bad) >= 0
-        self._say(f"step {self.step:>6}/{self.total}  test loss {loss_sum / n:.4g}"
-                  + (f"  acc {correct / n:.3f}" if self.data.task == "classification" else "")
-                  + ("  DIVERGED" if diverged else ""))
+        self._say(f"step {self.step:>6}/{self.total}  test loss {float(loss):.4g}"
+                  + (f"  acc {float(acc):.3f}" if classification else "") + ("  DIVERGED" if diverged else ""))
         return diverged
 
     def result(self) -> RunResult:
-        cfg = self.cfg
-        wall = self.elapsed + time.perf_counter() - self.t0
-        metrics = pd.DataFrame(self.rows, columns=[f.name for f in METRICS_SCHEMA if f.name not in self.identity])
-        for k, v in self.identity.items():
-            metrics[k] = v
-        last = lambda split, metric: metrics.loc[(metrics.split == split) & (metrics.metric == metric), "value"]  # noqa: E731
-        pick = lambda s: float(s.iloc[-1]) if len(s) else float("nan")  # noqa: E731
-        first_bad = int(self.first_bad)
-        summary = {
-            **self.identity,
-            **cfg.provenance(),
-            "final_test_acc": pick(last("test", "acc")),
-            "final_test_loss": pick(last("test", "loss")),
-            "best_test_acc": self.best_acc,
-            "final_train_loss": pick(last("train", "loss")),
-            "diverged": first_bad >= 0,
-            "diverged_step": first_bad if first_bad >= 0 else None,
-            "steps": self.step,
-            "examples": self.step * cfg.batch_size,
-            "target_acc": cfg.target_acc,
-            "steps_to_target": self.steps_to_target,
-            "examples_to_target": None if self.steps_to_target is None else self.steps_to_target * cfg.batch_size,
-            "wall_time_s": wall,
-            "train_time_s": wall - self.probe_time,
-            "probe_time_s": self.probe_time,
-            "num_params": count_params(self.model),
-            "device": str(self.device),
-            "torch_version": torch.__version__,
-            "normbench_version": __version__,
-            "git_rev": git_revision(),
-        }
-        return RunResult(metrics, summary, first_bad >= 0)
+        return self.rec.result(self.step, int(self.first_bad), count_params(self.model), self.device)
 
     # -- checkpoints -------------------------------------------------------------
 
@@ -327,16 +364,13 @@ class Trainer:
             return
         state = {
             "step": self.step,
-            "elapsed": self.elapsed + time.perf_counter() - self.t0,
-            "probe_time": self.probe_time,
+            "recorder": self.rec.state(),
             "model": self.model.state_dict(),
             "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict() if self.sched else None,
             "rng": probes.rng_state(self.model),
             "first_bad": self.first_bad.cpu(),
             "loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen,
-            "best_acc": self.best_acc, "steps_to_target": self.steps_to_target,
-            "rows": self.rows,
         }
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
@@ -353,10 +387,10 @@ class Trainer:
         rng = s["rng"]
         rng["cpu"] = rng["cpu"].cpu()
         probes.set_rng_state(self.model, {**rng, "noise": [None if n is None else n.cpu() for n in rng["noise"]]})
-        self.step, self.elapsed, self.probe_time = s["step"], s["elapsed"], s["probe_time"]
+        self.step = s["step"]
+        self.rec.load_state(s["recorder"])
         self.first_bad = s["first_bad"].to(self.device)
         self.loss_sum, self.correct, self.seen = s["loss_sum"].to(self.device), s["correct"].to(self.device), s["seen"]
-        self.best_acc, self.steps_to_target, self.rows = s["best_acc"], s["steps_to_target"], s["rows"]
         self._say(f"resumed from {self.checkpoint_path} at step {self.step}")
 
 
