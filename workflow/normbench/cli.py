@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .norms import ConfigError
+from .errors import ConfigError
 
 
 def _progress(prefix: str = ""):

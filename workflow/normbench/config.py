@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from .norms import ConfigError
+from .errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "step", "cosine")

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .norms import ConfigError
+from .errors import ConfigError
 from .store import atomic_path
 
 
@@ -67,12 +67,16 @@ def _split(x: torch.Tensor, y: torch.Tensor, n_test: int, seed: int):
 # ----------------------------------------------------------------------------
 
 
-def load_digits(data_dir=None) -> Dataset:
-    from sklearn.datasets import load_digits as sk_digits
+def _sklearn_digits() -> dict[str, torch.Tensor]:
+    from sklearn.datasets import load_digits as sk_digits  # ~1 s to import: cached below
 
     d = sk_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(d.target, dtype=torch.long)
+    return {"x": torch.tensor(d.images, dtype=torch.float32).unsqueeze(1), "y": torch.tensor(d.target)}
+
+
+def load_digits(data_dir="resources") -> Dataset:
+    t = cached_tensors("digits", data_dir, _sklearn_digits)
+    x, y = t["x"] / 16.0, t["y"].long()
     xtr, ytr, xte, yte = _split(x, y, n_test=360, seed=0)  # fixed split, independent of the run seed
     xtr, xte = _standardize(xtr, xte)
     return Dataset("digits", xtr, ytr, xte, yte, "classification", 10)
@@ -235,20 +239,35 @@ def _file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def load_torchvision(name: str, data_dir: str | Path = "resources", checksums: dict | None = None) -> Dataset:
-    root = Path(data_dir) / name
+def cached_tensors(name: str, data_dir, build: Callable[[], dict]) -> dict[str, torch.Tensor]:
+    """``build()`` once, saved as ``<data_dir>/<name>/normbench-cache.pt``; later
+    loads read the tensors back (``weights_only``: nothing executes).  One writer:
+    a second job that starts at the same time waits, then reads the cache."""
+    root = Path(data_dir if data_dir is not None else "resources") / name
     cache = root / "normbench-cache.pt"
-    # One writer: a second job that starts at the same time waits, then reads the cache.
-    with _file_lock(root / ".cache.lock"):
-        if not cache.exists():
-            verify_files(name, data_dir, checksums)
-            xtr, ytr, xte, yte = _read_torchvision(name, root, checksums)
-            with atomic_path(cache) as tmp:
-                torch.save({"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}, tmp)
     try:
-        t = torch.load(cache, weights_only=True)  # cannot execute code
+        with _file_lock(root / ".cache.lock"):
+            if not cache.exists():
+                tensors = build()
+                with atomic_path(cache) as tmp:
+                    torch.save(tensors, tmp)
+    except PermissionError:  # read-only data dir: build in memory
+        return build()
+    try:
+        return torch.load(cache, weights_only=True)
     except Exception as e:
         raise DataError(f"dataset {name!r}: cache {cache} is unreadable ({e}); delete it to rebuild") from e
+
+
+def load_torchvision(name: str, data_dir: str | Path = "resources", checksums: dict | None = None) -> Dataset:
+    root = Path(data_dir) / name
+
+    def build():
+        verify_files(name, data_dir, checksums)
+        xtr, ytr, xte, yte = _read_torchvision(name, root, checksums)
+        return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}
+
+    t = cached_tensors(name, data_dir, build)
     to_float = lambda x: x.float() / 255.0  # noqa: E731
     xtr, xte = _standardize(to_float(t["x_train"]), to_float(t["x_test"]))
     return Dataset(name, xtr, t["y_train"], xte, t["y_test"], "classification", TORCHVISION[name].num_classes)

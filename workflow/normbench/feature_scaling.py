@@ -19,9 +19,8 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-import torch
 
-from .norms import ConfigError
+from .errors import ConfigError
 
 Scaling = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x, x_train) -> scaled x
 
@@ -87,6 +86,8 @@ def error_surface(scaling: str, grid: int = 80, seed: int = 0, span: float = 1.5
 
 def train(cfg, progress=None):
     """Full-batch gradient descent on ½·MSE; rows and summary as a network run."""
+    import torch
+
     from . import __version__
     from .train import RunResult, git_revision
 

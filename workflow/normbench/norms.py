@@ -15,9 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-
-class ConfigError(ValueError):
-    """Bad user input: the message names the key, the value and the choices."""
+from .errors import ConfigError
 
 
 # ----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .analysis import BOOT_SEED, layer_index  # noqa: E402
+from .analysis import BOOT_SEED, bootstrap_ci, layer_index  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper")
 CI = ("ci", 95)
@@ -23,6 +23,24 @@ CI = ("ci", 95)
 
 def _fig(ncols=1, nrows=1, w=4.2, h=3.2, **kw):
     return plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, **kw)
+
+
+def lineci(data: pd.DataFrame, x: str, y: str, hue: str, ax, legend: bool = True, marker=None, palette=None):
+    """Mean line with a bootstrap 95% band over seeds per hue (analysis.bootstrap_ci,
+    vectorized: seaborn's per-point Python bootstrap is too slow for report jobs)."""
+    hues = list(dict.fromkeys(sorted(data[hue].unique(), key=str)))
+    palette = palette or dict(zip(hues, sns.color_palette(n_colors=max(1, len(hues)))))
+    for h in hues:
+        g = data[data[hue] == h]
+        stats = [(xv, *bootstrap_ci(v[y].values)) for xv, v in g.groupby(x)]
+        if not stats:
+            continue
+        xs, mean, lo, hi = map(np.array, zip(*stats))
+        ax.plot(xs, mean, color=palette[h], label=str(h), marker=marker, ms=3)
+        ax.fill_between(xs, lo, hi, color=palette[h], alpha=0.2, lw=0)
+    ax.set_xlabel(x)
+    if legend and hues:
+        ax.legend(fontsize=7, title=hue, title_fontsize=7)
 
 
 def heatmaps(grid: pd.DataFrame) -> plt.Figure:
@@ -61,9 +79,9 @@ def curves(metrics: pd.DataFrame, split: str, metric: str) -> plt.Figure:
             ax = axes[r][c]
             d = m[(m.lr == lr) & (m.batch_size == bs)]
             if len(d):
-                sns.lineplot(d, x="step", y="value", hue="norm", errorbar=CI, seed=BOOT_SEED, ax=ax,
-                             legend=(r == 0 and c == len(lrs) - 1))
+                lineci(d, "step", "value", "norm", ax, legend=(r == 0 and c == len(lrs) - 1))
             ax.set_title(f"lr {lr:g}, batch {bs}")
+            ax.set_xlabel("step")
             ax.set_ylabel(f"{split} {metric}")
             if metric == "loss":
                 ax.set_yscale("log")
@@ -102,8 +120,7 @@ def probe_over_training(metrics: pd.DataFrame, metric: str, ylabel: str, log: bo
     cols = sorted(m[col].unique())
     fig, axes = _fig(max(1, len(cols)), w=3.4, h=2.8, sharey=True)
     for ax, c in zip(axes[0], cols):
-        sns.lineplot(m[m[col] == c], x="step", y="value", hue=hue, errorbar=CI, seed=BOOT_SEED, ax=ax,
-                     legend=ax is axes[0][-1])
+        lineci(m[m[col] == c], "step", "value", hue, ax, legend=ax is axes[0][-1])
         ax.set_title(f"{col} {c:g}" if isinstance(c, float) else f"{col} {c}")
         ax.set_ylabel(ylabel)
         if log:
@@ -159,8 +176,7 @@ def rel_loss(metrics: pd.DataFrame) -> plt.Figure:
     fig, axes = _fig(max(1, len(lrs)), w=3.6, h=3.0, sharey=True)
     for ax, lr in zip(axes[0], lrs):
         d = m[m.lr == lr]
-        sns.lineplot(d, x="step_size", y="value", hue="norm", errorbar=CI, seed=BOOT_SEED, marker="o", ax=ax,
-                     legend=ax is axes[0][-1])
+        lineci(d, "step_size", "value", "norm", ax, legend=ax is axes[0][-1], marker="o")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
@@ -178,8 +194,7 @@ def activations_by_depth(metrics: pd.DataFrame, stat: str = "act_std", hue: str 
     steps = steps or sorted({int(m.step.min()), int(m.step.max())})
     fig, axes = _fig(len(steps), w=3.8, h=3.0, sharey=True)
     for ax, st in zip(axes[0], steps):
-        sns.lineplot(m[m.step == st], x="depth", y="value", hue=hue, errorbar=CI, seed=BOOT_SEED, ax=ax,
-                     legend=ax is axes[0][-1])
+        lineci(m[m.step == st], "depth", "value", hue, ax, legend=ax is axes[0][-1])
         ax.set_yscale("log")
         ax.set_xlabel("layer")
         ax.set_ylabel(stat.replace("act_", "activation "))

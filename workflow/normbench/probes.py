@@ -97,13 +97,14 @@ def relative_loss(loss_fn: LossFn, params: Params, alphas: Iterable[float],
 
 
 def ics(loss_fn: LossFn, before: Params, after: Params, layers: Sequence[Sequence[str]],
-        order: Sequence[str]) -> dict[int, tuple[float, float]]:
+        order: Sequence[str], g_before: Params | None = None) -> dict[int, tuple[float, float]]:
     """ICS per layer (index into ``layers``): (‖G − G'‖₂, cos(G, G')).
 
     ``layers[i]`` are the parameter names of layer i; ``order`` is every
     parameter name in forward order, which defines W_{<i}: all parameters that
     come before layer i's first parameter."""
-    _, g_before = grad(loss_fn, before)
+    if g_before is None:
+        _, g_before = grad(loss_fn, before)
     out = {}
     for i, names in enumerate(layers):
         first = min(order.index(n) for n in names)

@@ -113,13 +113,10 @@ def report_bn_placement(s: pd.DataFrame, m: pd.DataFrame) -> Report:
 
 
 def _curves_by(m: pd.DataFrame, hue: str):
-    import seaborn as sns
-
     d = m[(m.split == "test") & (m.metric == "acc")]
     fig, axes = P._fig(w=6, h=3.4)
-    sns.lineplot(d, x="step", y="value", hue=hue, errorbar=P.CI, seed=A.BOOT_SEED, ax=axes[0][0])
+    P.lineci(d, "step", "value", hue, axes[0][0])
     axes[0][0].set_ylabel("test accuracy")
-    axes[0][0].legend(fontsize=6)
     fig.tight_layout()
     return fig
 

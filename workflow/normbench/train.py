@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from . import __version__, probes
 from .config import RunConfig
 from .data import BatchSchedule, Dataset, load_dataset
+from .devices import resolve_device
 from .models import NormAct, build_model, count_params
 from .norms import noise_modules, seed_noise
 from .store import METRICS_SCHEMA, SUMMARY_SCHEMA, atomic_path, write_parquet
@@ -31,12 +32,6 @@ from .store import METRICS_SCHEMA, SUMMARY_SCHEMA, atomic_path, write_parquet
 
 class Preempted(RuntimeError):
     """SIGTERM arrived; a checkpoint was written and the run can resume."""
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
 
 
 def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
@@ -333,7 +328,7 @@ class Trainer:
             t = time.perf_counter()
             after = {k: v.detach() for k, v in probes.model_params(self.model).items()}
             with torch.enable_grad():
-                res = probes.ics(loss_fn, before, after, self.probe_groups, self.param_order)
+                res = probes.ics(loss_fn, before, after, self.probe_groups, self.param_order, g)
             for i, (l2, cos) in res.items():
                 self._row("probe", "ics_l2", l2, layer=self.probe_names[i])
                 self._row("probe", "ics_cos", cos, layer=self.probe_names[i])

@@ -1,0 +1,179 @@
+"""``normbench bench``: speed measured side by side in one invocation.
+
+(a) runs/hour for the default digits CNN at batch 4 and 32: the naive loop (one
+    process per run, DataLoader, ``.item()`` per step), our lean loop (one
+    process per run), and our packed loop (one process, 12 runs vectorized);
+(b) the default pipeline's useful-compute fraction: time inside training and
+    probes ÷ (cores × wall time), from a fresh run of the pipeline;
+(c) the probe overhead at the default config's interval.
+
+Timings are noisy on shared machines: compare the ratios printed together,
+never numbers from another day.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+THREADS = 1  # every variant on one thread: the pipeline's default, and a fair comparison
+ENV = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
+
+
+def _default_config() -> dict:
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def _cnn_layers(config: dict) -> list:
+    return config["models"]["cnn"]["options"]["layers"]
+
+
+def _timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} … failed:\n{p.stderr[-2000:]}")
+    return time.perf_counter() - t
+
+
+def _run_cfg(layers, lr, seed, bs, steps, eval_every) -> dict:
+    return {"model": "vgg", "model_options": {"layers": layers}, "norm": "bn", "lr": lr, "seed": seed,
+            "batch_size": bs, "steps": steps, "eval_every": eval_every, "threads": THREADS, "device": "cpu"}
+
+
+def packed_child(spec_path: str) -> None:
+    """What the packed variant's process runs: a pack of runs, vectorized."""
+    from .pack import run_pack
+
+    spec = json.loads(Path(spec_path).read_text())
+    run_pack(spec["jobs"], say=lambda m: None)
+
+
+def runs_per_hour(layers, bs: int, steps: int, eval_every: int, reps: int, workdir: Path) -> dict:
+    lrs, seeds = [0.01, 0.05, 0.2, 1.0], [0, 1, 2]
+    py = sys.executable
+    naive = [_timed([py, "-m", "normbench.naive", json.dumps(layers), str(lrs[i % 4]), str(i % 3), str(bs),
+                     str(steps), str(eval_every)]) for i in range(reps)]
+    lean = []
+    for i in range(reps):
+        cfg = workdir / f"lean{i}.yaml"
+        cfg.write_text(yaml.safe_dump(_run_cfg(layers, lrs[i % 4], i % 3, bs, steps, eval_every)))
+        lean.append(_timed([py, "-m", "normbench.cli", "train", "--config", str(cfg), "--out",
+                            str(workdir / f"lean{bs}_{i}")]))
+    jobs = [{"config": {**_run_cfg(layers, lr, s, bs, steps, eval_every), "study": "bench"},
+             "out": str(workdir / f"packed{bs}" / f"lr{lr}_s{s}")} for lr in lrs for s in seeds]
+    spec = workdir / f"pack{bs}.json"
+    spec.write_text(json.dumps({"jobs": jobs}))
+    packed = _timed([py, "-c", f"from normbench.bench import packed_child; packed_child({str(spec)!r})"])
+    per = {"naive": min(naive), "lean": min(lean), "packed": packed / len(jobs)}  # seconds per run
+    return {k: 3600.0 / v for k, v in per.items()}
+
+
+def probe_overhead(config: dict, reps: int = 2) -> dict:
+    """One santurkar run with probes at the default interval vs the same run without."""
+    import torch
+
+    from .pipeline import load_config
+    from .train import train
+
+    torch.set_num_threads(THREADS)
+    pipe = load_config(config, check_files=False)
+    runs = pipe.studies["santurkar"].runs
+    vgg = runs[(runs._grid == 0) & (runs.norm == "bn")]  # the VGG grid, not the deep linear net
+    row = vgg.iloc[len(vgg) // 2]
+    on = pipe.run_config("santurkar", row.to_dict())
+    off = pipe.run_config("santurkar", row.to_dict())
+    off.probes, off.probe_every = [], 0
+    t_on, t_off, inside = [], [], []
+    for _ in range(reps):  # interleaved: on, off, on, off
+        t = time.perf_counter()
+        res = train(on)
+        t_on.append(time.perf_counter() - t)
+        inside.append(res.summary["probe_time_s"] / res.summary["train_time_s"])
+        t = time.perf_counter()
+        train(off)
+        t_off.append(time.perf_counter() - t)
+    return {"probe_every": on.probe_every, "steps": on.steps, "model": on.model, "t_on": min(t_on),
+            "t_off": min(t_off), "overhead": min(t_on) / min(t_off) - 1, "probe_share": min(inside)}
+
+
+def pipeline_stats(results: str | Path, wall: float, cores: int, since: float = 0.0) -> dict | None:
+    """Useful-compute fraction of a pipeline run: Σ run wall time (training, eval,
+    probes) of the packs finished after ``since`` ÷ (cores × wall)."""
+    import pyarrow.parquet as pq
+
+    useful, runs = 0.0, 0
+    for marker in Path(results).glob("*/packs/**/pack.json"):
+        if marker.stat().st_mtime < since:
+            continue
+        for run in json.loads(marker.read_text())["runs"]:
+            f = Path(run) / "summary.parquet"
+            if not f.is_absolute():
+                f = Path(results).parent / f
+            if f.exists():
+                useful += float(pq.read_table(f, columns=["wall_time_s"]).column(0)[0].as_py())
+                runs += 1
+    if not runs:
+        return None
+    return {"runs": runs, "wall_s": wall, "cores": cores, "useful_s": useful, "fraction": useful / (cores * wall)}
+
+
+def pipeline_fraction(cores: int = 2) -> dict:
+    """Run the default pipeline afresh in a scratch directory and measure it."""
+    with tempfile.TemporaryDirectory(prefix="normbench-bench-") as tmp:
+        shutil.copytree(ROOT / "config", Path(tmp) / "config")
+        start = time.time()
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+                            "--directory", tmp, "--cores", str(cores), "--quiet", "all"],
+                           capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if p.returncode != 0:
+            raise RuntimeError(f"pipeline failed:\n{p.stderr[-3000:]}")
+        stats = pipeline_stats(Path(tmp) / "results", wall, cores, since=start - 1)
+    return stats
+
+
+def main(args) -> int:
+    import torch
+
+    config = _default_config()
+    layers = _cnn_layers(config)
+    steps = 50 if args.quick else config["studies"]["lr_bs_sweep"]["train"]["steps"]
+    eval_every = config["studies"]["lr_bs_sweep"]["train"].get("eval_every", 25)
+    reps = 1 if args.quick else 2
+    out = print
+    out(f"normbench bench — {platform.node()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{THREADS} thread per run, {'quick' if args.quick else 'full'} mode")
+    out(f"(a) digits CNN (vgg {layers}, BN), {steps} steps per run, eval every {eval_every}; "
+        f"packed = one process, 4 lrs × 3 seeds vectorized")
+    out(f"    {'batch':>5}  {'naive runs/h':>12}  {'lean runs/h':>11}  {'packed runs/h':>13}  "
+        f"{'lean/naive':>10}  {'packed/naive':>12}")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="normbench-bench-") as tmp:
+        for bs in (4, 32):
+            r = runs_per_hour(layers, bs, steps, eval_every, reps, Path(tmp))
+            results[bs] = r
+            out(f"    {bs:>5}  {r['naive']:>12.0f}  {r['lean']:>11.0f}  {r['packed']:>13.0f}  "
+                f"{r['lean'] / r['naive']:>9.2f}×  {r['packed'] / r['naive']:>11.2f}×")
+    if not args.quick:
+        st = pipeline_fraction()
+        out(f"(b) default pipeline, fresh run on {st['cores']} cores: wall {st['wall_s']:.0f} s, {st['runs']} runs, "
+            f"useful compute {st['useful_s']:.0f} s → useful-compute fraction {st['fraction']:.2f}")
+    else:
+        out("(b) default pipeline: skipped in quick mode (run `normbench bench` to measure it)")
+    po = probe_overhead(config, reps=1 if args.quick else 2)
+    out(f"(c) probe overhead, santurkar {po['model']} + BN, {po['steps']} steps, probes every {po['probe_every']}: "
+        f"{po['t_on']:.2f} s with vs {po['t_off']:.2f} s without → +{100 * po['overhead']:.0f}% "
+        f"(probes' share of the run's own time: {100 * po['probe_share']:.0f}%)")
+    return 0
