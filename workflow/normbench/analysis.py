@@ -139,14 +139,21 @@ def accuracy_grid(summary: pd.DataFrame) -> pd.DataFrame:
     return summarize(summary, ["norm", "batch_size", "lr"], "final_test_acc")
 
 
-def max_stable_lr(summary: pd.DataFrame) -> pd.DataFrame:
-    """Largest lr at which no seed diverged, per norm and batch size (NaN: none)."""
+def max_stable_lr(summary: pd.DataFrame, chance: float = 0.1) -> pd.DataFrame:
+    """Per norm and batch size: the largest lr at which no seed diverged (non-finite
+    loss or loss above the bound; NaN: none), and -- since a net can also collapse
+    to constant outputs without diverging -- the largest lr at which every seed
+    trained (final test accuracy at least twice ``chance``)."""
     rows = []
     for (norm, bs), g in summary.groupby(["norm", "batch_size"]):
         per_lr = g.groupby("lr").diverged.any()
         stable = per_lr[~per_lr]
+        trained = g.groupby("lr").apply(lambda h: bool((~h.diverged & (h.final_test_acc >= 2 * chance)).all()))
+        ok = trained[trained]
         rows.append({"norm": norm, "batch_size": bs, "max_stable_lr": stable.index.max() if len(stable) else np.nan,
-                     "lrs_tried": len(per_lr), "lrs_diverged": int(per_lr.sum())})
+                     "max_trained_lr": ok.index.max() if len(ok) else np.nan,
+                     "lrs_tried": len(per_lr), "lrs_diverged": int(per_lr.sum()),
+                     "lrs_not_trained": int((~trained).sum())})
     return pd.DataFrame(rows)
 
 

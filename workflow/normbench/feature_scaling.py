@@ -69,14 +69,14 @@ def hessian(A: np.ndarray) -> np.ndarray:
     return A.T @ A / len(A)
 
 
-def error_surface(scaling: str, grid: int = 80, seed: int = 0, span: float = 1.5):
-    """Loss over the two feature weights (bias at its optimum for each point) around
-    the optimum, for contour plots: (w1 grid, w2 grid, loss, optimum)."""
+def error_surface(scaling: str, grid: int = 121, seed: int = 0, half: float = 3.0):
+    """Loss over the two feature weights (bias at its optimum for each point) on a
+    square window of ±``half`` around the optimum -- the same span on both axes, so
+    an ill-conditioned surface shows as elongated: (w1 grid, w2 grid, loss, optimum)."""
     A, y, _, _ = design(scaling, seed)
     w_star = np.linalg.lstsq(A, y, rcond=None)[0]
-    half = span * np.maximum(np.abs(w_star[:2]), 1e-3)
-    w1 = np.linspace(w_star[0] - half[0], w_star[0] + half[0], grid)
-    w2 = np.linspace(w_star[1] - half[1], w_star[1] + half[1], grid)
+    w1 = np.linspace(w_star[0] - half, w_star[0] + half, grid)
+    w2 = np.linspace(w_star[1] - half, w_star[1] + half, grid)
     W1, W2 = np.meshgrid(w1, w2)
     # optimal bias given (w1, w2): mean residual
     b = (y[None, None, :] - W1[..., None] * A[:, 0] - W2[..., None] * A[:, 1]).mean(-1)

@@ -209,8 +209,10 @@ def contours(surfaces: dict[str, tuple], paths: dict[str, pd.DataFrame]) -> plt.
     fig, axes = _fig(len(names), w=3.4, h=3.2)
     for ax, name in zip(axes[0], names):
         W1, W2, L, w_star = surfaces[name]
-        levels = np.quantile(L, np.linspace(0.01, 0.9, 12))
-        ax.contour(W1, W2, L, levels=np.unique(levels), cmap="viridis", linewidths=0.8)
+        lo = L.min()
+        levels = lo + (np.quantile(L, 0.95) - lo) * np.geomspace(1e-4, 1, 12)  # log-spaced above the minimum
+        ax.contour(W1, W2, L, levels=levels, cmap="viridis", linewidths=0.8)
+        ax.set_aspect("equal")
         p = paths.get(name)
         if p is not None and len(p):
             ax.plot(p.w1, p.w2, "-o", ms=2, lw=0.8, color="C3", label="GD path")

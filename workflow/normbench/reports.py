@@ -154,12 +154,14 @@ def report_lr_bs_sweep(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     msl = A.max_stable_lr(s)
     stt = A.steps_to_target(s)
     target = s.target_acc.dropna().iloc[0] if s.target_acc.notna().any() else np.nan
-    per_norm = msl.groupby("norm").max_stable_lr.min()
-    r.finding = "largest lr with no diverged seed (worst batch size): " + ", ".join(
-        f"{n} {v:g}" if pd.notna(v) else f"{n} none" for n, v in per_norm.items()) + "."
+    fmt_lr = lambda s: ", ".join(f"{n} {v:g}" if pd.notna(v) else f"{n} none" for n, v in s.items())  # noqa: E731
+    r.finding = (f"largest lr at which every seed trained (worst batch size): "
+                 f"{fmt_lr(msl.groupby('norm').max_trained_lr.min())}; with no diverged seed: "
+                 f"{fmt_lr(msl.groupby('norm').max_stable_lr.min())}.")
     r.figure("heatmaps", P.heatmaps(grid),
              f"Final test accuracy (mean over seeds) over lr × batch size; 'div' marks diverged seeds. {r.finding}")
-    r.table("max_stable_lr", msl, f"Largest learning rate at which no seed diverged; {r.finding}")
+    r.table("max_stable_lr", msl, f"Largest learning rate at which no seed diverged (non-finite or exploding "
+                                  f"loss), and at which every seed trained (test accuracy ≥ 2× chance); {r.finding}")
     shown = stt.assign(steps=[A.fmt(a, b, c, digits=0) for a, b, c in zip(stt.steps, stt.steps_lo, stt.steps_hi)],
                        speedup=stt.speedup.map(lambda v: "–" if pd.isna(v) else f"{v:.1f}×"))
     shown = shown[["norm", "batch_size", "best_lr", "steps", "examples", "speedup", "n"]]
