@@ -104,6 +104,12 @@ def test_default_grids_and_paths():
     assert len(dirs) == len(set(dirs)) == 4 * 2 * 5 * 3
     assert dirs[0] == ("results/lr_bs_sweep/runs/model=cnn/dataset=digits/norm=none/placement=pre/"
                        "activation=relu/batch_size=8/lr=0.01/seed=0")
-    # a pack holds the runs that differ only in lr and seed
+    # the default packs one job per norm (pack: [batch_size, lr, seed]) ...
     packs = pipe.packs("lr_bs_sweep")
+    assert len(packs) == 4 and all(len(v) == 30 for v in packs.values())
+    # ... and `pack: true` means the runs that differ only in lr and seed
+    c = mutate(lambda c: sweep(c).__setitem__("pack", True))
+    packs = load_config(c).packs("lr_bs_sweep")
     assert len(packs) == 8 and all(len(v) == 15 for v in packs.values())
+    with pytest.raises(ConfigError, match=r"studies\.lr_bs_sweep\.pack: 'depth' is not a grid column"):
+        load_config(mutate(lambda c: sweep(c).__setitem__("pack", ["depth"])))

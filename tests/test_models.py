@@ -12,7 +12,7 @@ IMAGE = (1, 8, 8)
 OPTIONS = {  # small sizes: the structure is what is tested
     "mlp": {"depth": 3, "width": 16}, "vgg": {"layers": [8, "M", 16]},
     "resnet_cifar": {"depth": 8, "width": 8}, "dln": {"depth": 6, "width": 10},
-    "resnet18": {}, "resnet50": {},
+    "resnet18": {}, "resnet50": {}, "linear": {},
 }
 NORM_OPTS = {"gn": {"groups": 2}}
 LR = {"dln": 1e-2, "resnet18": 1e-3, "resnet50": 1e-3}
@@ -22,7 +22,7 @@ def unsupported(model, norm, placement):
     spec = norm_spec(norm)
     if model in ("resnet18", "resnet50"):
         return placement != "pre" or spec.reparametrizes_weight
-    return spec.conv_only and model in ("mlp", "dln")
+    return spec.conv_only and model in ("mlp", "dln", "linear")
 
 
 @pytest.mark.parametrize("placement", ["pre", "post"])

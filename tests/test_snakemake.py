@@ -1,5 +1,7 @@
 """The Snakemake pipeline: dry-runs of every shipped config, lint, a tiny real run."""
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -80,6 +82,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     wd = workdir_with(tmp_path, TINY)
     p = run_snakemake(wd, "--cores", "2", "results/lr_bs_sweep/summary.parquet")
     assert p.returncode == 0, p.stderr[-3000:]
+    assert re.search(r"8 runs trained, .* useful-compute fraction \d\.\d\d", p.stdout + p.stderr)
     summary = pq.read_table(wd / "results/lr_bs_sweep/summary.parquet", partitioning=None)
     metrics = pq.read_table(wd / "results/lr_bs_sweep/metrics.parquet", partitioning=None)
     assert summary.schema.equals(SUMMARY_SCHEMA) and metrics.schema.equals(METRICS_SCHEMA)
@@ -94,3 +97,14 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     # a second run has nothing to do
     p = run_snakemake(wd, "--cores", "2", "-n", "results/lr_bs_sweep/summary.parquet")
     assert p.returncode == 0 and "Nothing to be done" in p.stdout + p.stderr
+    # the reports and the self-contained HTML report, with the study's category and data-driven captions
+    p = run_snakemake(wd, "--cores", "2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "useful-compute fraction" not in p.stdout + p.stderr  # only reports ran: nothing to measure
+    p = run_snakemake(wd, "--cores", "1", "--report", "reports/report.html")
+    assert p.returncode == 0, p.stderr[-3000:]
+    html = (wd / "reports/report.html").read_text()
+    finding = json.loads((wd / "reports/lr_bs_sweep/finding.json").read_text())["finding"]
+    assert "Learning rate × batch size" in html and "largest lr at which every seed trained" in html
+    assert finding.startswith("largest lr at which every seed trained")
+    assert "<script src=\"http" not in html  # opens offline
