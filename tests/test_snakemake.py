@@ -105,6 +105,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     html = (wd / "reports/report.html").read_text()
     finding = json.loads((wd / "reports/lr_bs_sweep/finding.json").read_text())["finding"]
-    assert "Learning rate × batch size" in html and "largest lr at which every seed trained" in html
+    escaped = lambda text: json.dumps(text)[1:-1]  # noqa: E731 (the report embeds its data as JSON)
+    assert escaped("Learning rate × batch size") in html and escaped("largest lr at which every seed trained") in html
     assert finding.startswith("largest lr at which every seed trained")
     assert "<script src=\"http" not in html  # opens offline
