@@ -44,7 +44,8 @@ def report_outputs(study):
     """A study's report files (normbench.reports.ARTIFACTS), figures and tables
     marked for the HTML report with the caption the job writes from the data."""
     title = STUDIES[study].title
-    caption = lambda name: f"../../reports/{study}/captions/{name}.rst"
+    # written by the report job itself, in the working directory (not beside the rules)
+    caption = lambda name: os.path.abspath(f"reports/{study}/captions/{name}.rst")
     out = {"md": f"reports/{study}/README.md", "finding": f"reports/{study}/finding.json"}
     for kind, ext in (("figures", "png"), ("tables", "html")):
         for name, compares in ARTIFACTS[study][kind].items():
