@@ -40,7 +40,8 @@ onstart:
 onsuccess:
     from normbench.bench import pipeline_stats
 
-    if not workflow.dryrun and PIPE_START:
+    local = workflow.local_exec and not workflow.dryrun  # on a cluster "cores" means nothing here
+    if local and PIPE_START:
         stats = pipeline_stats(RESULTS, time.time() - PIPE_START[0], workflow.cores, since=PIPE_START[0])
         if stats:
             print(

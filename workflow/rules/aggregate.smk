@@ -1,6 +1,11 @@
 # Per study: every run's Parquet -> results/<study>/{summary,metrics}.parquet.
 
 
+# Light work that reads many small files: it runs where Snakemake runs, not as cluster jobs.
+localrules:
+    aggregate,
+
+
 rule aggregate:
     input:
         lambda w: PIPE.markers(w.study),

@@ -6,6 +6,7 @@ for _study in PIPE.studies:
     rule:
         name:
             f"report_{_study}"
+        localrule: True
         input:
             summary=f"{RESULTS}/{_study}/summary.parquet",
             metrics=f"{RESULTS}/{_study}/metrics.parquet",
@@ -19,6 +20,10 @@ for _study in PIPE.studies:
             ENV
         script:
             "../scripts/report_study.py"
+
+
+localrules:
+    report_index,
 
 
 rule report_index:
