@@ -104,3 +104,14 @@ def test_cli_bad_setting_is_one_clear_line(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "norm type 'batchnorm' is unknown; valid:" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("opt", [{"channels_last": True}, {"bf16": True}, {"channels_last": True, "bf16": True}])
+def test_speed_options_train(opt):
+    base = dict(model="vgg", model_options={"layers": "digits"}, norm="bn", lr=0.1, batch_size=32, steps=60,
+                eval_every=30, threads=1)
+    plain = train(RunConfig.from_dict(base)).summary
+    fast = train(RunConfig.from_dict({**base, **opt})).summary
+    assert fast["final_train_loss"] < 1.0 and fast["final_test_acc"] > 0.8  # it trains (chance: 2.3, 0.1)
+    if opt == {"channels_last": True}:  # the same model in another memory layout (other kernels: rounding)
+        assert fast["final_train_loss"] == pytest.approx(plain["final_train_loss"], rel=2e-2)

@@ -61,6 +61,10 @@ class RunConfig:
     threads: int = 0  # 0: torch's default
     checkpoint_every: int = 0  # steps; 0: only on SIGTERM
     checkpoint_minutes: float = 10.0
+    # speed options (GPU-minded; each also works on CPU)
+    channels_last: bool = False  # NHWC memory format for conv nets
+    bf16: bool = False  # bfloat16 autocast for the training forward pass
+    compile: bool = False  # torch.compile the training forward (static shapes)
 
     @property
     def norm_kind(self) -> str:

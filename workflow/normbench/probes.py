@@ -88,11 +88,12 @@ def line_search(loss_fn: LossFn, params: Params, etas: Sequence[float],
 
 def relative_loss(loss_fn: LossFn, params: Params, alphas: Iterable[float],
                   g: Params | None = None) -> list[float]:
-    """Bjorck et al.: L(W − α g) / L(W) for each α."""
-    with torch.enable_grad():
-        base, g0 = grad(loss_fn, params)
-    g = g0 if g is None else g
+    """Bjorck et al.: L(W − α g) / L(W) for each α (g computed here unless given)."""
+    if g is None:
+        with torch.enable_grad():
+            _, g = grad(loss_fn, params)
     with torch.no_grad():
+        base = loss_fn({k: v.detach() for k, v in params.items()})
         return [float(loss_fn(_step(params, g, a)) / base) for a in alphas]
 
 

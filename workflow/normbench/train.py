@@ -215,6 +215,12 @@ class Trainer:
         self.model = build_model(cfg.model_kind, self.data.input_shape, self.data.num_outputs, na,
                                  cfg.model_options).to(self.device)
         seed_noise(self.model, cfg.seed)
+        if cfg.channels_last and len(self.data.input_shape) == 3:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.data = _channels_last(self.data)
+        # the training forward; probes and evaluation call the plain module
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
         self.total = total_steps(cfg, len(self.data.x_train))
         self.opt = make_optimizer(cfg, self.model.parameters())
         self.sched = make_schedule(cfg, self.opt, self.total)
@@ -273,12 +279,18 @@ class Trainer:
                     last_ckpt = time.monotonic()
         return self.result()
 
-    def train_step(self, x, y) -> torch.Tensor:
+    def train_step(self, x, y, keep_grad: bool = False):
+        """One optimizer step; with ``keep_grad`` return g = ∇L(W_t; B_t) by name."""
         self.model.train()
-        out = self.model(x)
-        loss = self.criterion(out, y)
+        with self.autocast:
+            out = self.forward(x)
+        loss = self.criterion(out.float(), y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        g = None
+        if keep_grad:
+            g = {k: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+                 for k, p in self.model.named_parameters()}
         self.opt.step()
         if self.sched is not None:
             self.sched.step()
@@ -289,7 +301,7 @@ class Trainer:
         if self.data.task == "classification":
             self.correct += (out.detach().argmax(1) == y).sum()
         self.seen += 1
-        return loss
+        return g
 
     # -- probes ----------------------------------------------------------------
 
@@ -302,19 +314,31 @@ class Trainer:
         return bool(cfg.probe_every) and self.step % cfg.probe_every == 0
 
     def train_step_with_probes(self, x, y):
-        """Measure on B_t, take the real step, then measure ICS against W_{t+1}."""
-        cfg, t = self.cfg, time.perf_counter()
-        loss_fn = probes.FunctionalLoss(self.model, self.criterion, x, y)
+        """The real step on B_t -- its gradient is the probes' g -- then the
+        measurements on the same batch, from copies of W_t and W_{t+1}, with the
+        RNG and BN statistics as they were at step t."""
+        cfg = self.cfg
+        loss_fn = probes.FunctionalLoss(self.model, self.criterion, x, y)  # state at step t
         before = loss_fn.params()
+        exact = not (cfg.bf16 or cfg.compile)  # else the step's gradient is not the fp32 eager one
+        g = self.train_step(x, y, keep_grad=exact)
+        t = time.perf_counter()
         periodic = bool(cfg.probe_every) and self.step % cfg.probe_every == 0
         with torch.enable_grad():
-            _, g = probes.grad(loss_fn, before)
+            if g is None:
+                _, g = probes.grad(loss_fn, before)
             if periodic and "landscape" in cfg.probes:
                 ls = probes.line_search(loss_fn, before, [e * cfg.lr for e in cfg.landscape_etas], g)
                 for name, v in (("landscape_min", min(ls.losses)), ("landscape_max", max(ls.losses)),
                                 ("grad_pred_min", min(ls.grad_diffs)), ("grad_pred_max", max(ls.grad_diffs)),
                                 ("beta_eff", ls.beta_eff)):
                     self._row("probe", name, v)
+            if periodic and "ics" in cfg.probes:
+                after = {k: v.detach() for k, v in probes.model_params(self.model).items()}
+                res = probes.ics(loss_fn, before, after, self.probe_groups, self.param_order, g)
+                for i, (l2, cos) in res.items():
+                    self._row("probe", "ics_l2", l2, layer=self.probe_names[i])
+                    self._row("probe", "ics_cos", cos, layer=self.probe_names[i])
         if "rel_loss" in cfg.probes and self.step < cfg.rel_loss_steps:
             for a, v in zip(cfg.rel_loss_alphas, probes.relative_loss(loss_fn, before, cfg.rel_loss_alphas, g)):
                 self._row("probe", "rel_loss", v, step_size=a)
@@ -323,16 +347,6 @@ class Trainer:
                 self._row("probe", "act_mean", m, layer=layer)
                 self._row("probe", "act_std", s, layer=layer)
         self.rec.probe_time += time.perf_counter() - t
-        self.train_step(x, y)  # the real step: same noise, same batch, untouched state
-        if periodic and "ics" in cfg.probes:
-            t = time.perf_counter()
-            after = {k: v.detach() for k, v in probes.model_params(self.model).items()}
-            with torch.enable_grad():
-                res = probes.ics(loss_fn, before, after, self.probe_groups, self.param_order, g)
-            for i, (l2, cos) in res.items():
-                self._row("probe", "ics_l2", l2, layer=self.probe_names[i])
-                self._row("probe", "ics_cos", cos, layer=self.probe_names[i])
-            self.rec.probe_time += time.perf_counter() - t
 
     # -- evaluation --------------------------------------------------------------
 
@@ -387,6 +401,11 @@ class Trainer:
         self.first_bad = s["first_bad"].to(self.device)
         self.loss_sum, self.correct, self.seen = s["loss_sum"].to(self.device), s["correct"].to(self.device), s["seen"]
         self._say(f"resumed from {self.checkpoint_path} at step {self.step}")
+
+
+def _channels_last(d: Dataset) -> Dataset:
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    return Dataset(d.name, cl(d.x_train), d.y_train, cl(d.x_test), d.y_test, d.task, d.num_outputs)
 
 
 _DATA_CACHE: dict = {}

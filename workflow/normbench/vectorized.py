@@ -47,8 +47,10 @@ def structure_key(cfg: RunConfig) -> tuple:
 
 
 def vectorizable(cfg: RunConfig) -> bool:
-    """Probes need the solo loop (they reach into one model); Adam's state is not vectorized here."""
-    return cfg.runner == "network" and not cfg.probes and cfg.optimizer in ("sgd", "momentum")
+    """Probes need the solo loop (they reach into one model); Adam's state and the
+    speed options (channels_last, bf16, compile) are not vectorized here."""
+    return (cfg.runner == "network" and not cfg.probes and cfg.optimizer in ("sgd", "momentum")
+            and not (cfg.channels_last or cfg.bf16 or cfg.compile))
 
 
 class VectorTrainer:
