@@ -104,9 +104,9 @@ def test_default_grids_and_paths():
     assert len(dirs) == len(set(dirs)) == 4 * 2 * 5 * 3
     assert dirs[0] == ("results/lr_bs_sweep/runs/model=cnn/dataset=digits/norm=none/placement=pre/"
                        "activation=relu/batch_size=8/lr=0.01/seed=0")
-    # the default packs one job per norm (pack: [batch_size, lr, seed]) ...
+    # the default trains the whole sweep in one job (pack: [norm, batch_size, lr, seed]) ...
     packs = pipe.packs("lr_bs_sweep")
-    assert len(packs) == 4 and all(len(v) == 30 for v in packs.values())
+    assert len(packs) == 1 and all(len(v) == 120 for v in packs.values())
     # ... and `pack: true` means the runs that differ only in lr and seed
     c = mutate(lambda c: sweep(c).__setitem__("pack", True))
     packs = load_config(c).packs("lr_bs_sweep")

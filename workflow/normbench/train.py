@@ -8,6 +8,7 @@ eval points), ``zero_grad(set_to_none=True)``, foreach optimizers.  Probes
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -60,6 +61,7 @@ def total_steps(cfg: RunConfig, n_train: int) -> int:
     return cfg.steps
 
 
+@functools.lru_cache(maxsize=1)
 def git_revision() -> str:
     try:
         here = Path(__file__).resolve().parent
