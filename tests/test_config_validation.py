@@ -46,6 +46,9 @@ BAD = {
                    r"studies\.lr_bs_sweep\.grid\.seed: \[\] should be non-empty"),
     "bad group count": (lambda c: c["norms"]["gn"].__setitem__("options", {"groups": 3}),
                         r"studies\.lr_bs_sweep\.grid: .*gn: groups=3 does not divide a layer of 16 channels"),
+    "instance norm on 1×1 maps": (lambda c: sweep(c)["grid"].update(model=["resnet18"], norm=["in"]),
+                                  r"studies\.lr_bs_sweep\.grid: model 'resnet18' with norm 'in' on digits: "
+                                  r"model 'resnet18' cannot run on inputs of shape \(1, 8, 8\): Expected more than 1"),
     "instance norm on an MLP": (lambda c: sweep(c)["grid"].update(model=["mlp"], norm=["in"]),
                                 r"studies\.lr_bs_sweep\.grid: .*'in' needs conv feature maps"),
     "quoted number": (lambda c: sweep(c)["grid"].__setitem__("lr", ["0.1"]),

@@ -239,6 +239,19 @@ def build_model(name: str, in_shape: tuple[int, ...], out_dim: int, na: NormAct,
     return spec.build(tuple(in_shape), out_dim, na, **resolve_model_options(name, options))
 
 
+def check_forward(model: nn.Module, in_shape: tuple[int, ...], name: str = "model") -> None:
+    """One training-mode forward pass on a batch of 2 (call it under the meta device: no
+    memory, no arithmetic) to catch shape-level impossibilities, e.g. instance norm on
+    feature maps that have shrunk to 1×1."""
+    import torch
+
+    model.train()
+    try:
+        model(torch.empty(2, *in_shape))
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"{name} cannot run on inputs of shape {tuple(in_shape)}: {e}") from None
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -249,4 +262,4 @@ def probe_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 __all__ = ["NormAct", "MODELS", "ACTIVATIONS", "PLACEMENTS", "INITS", "build_model", "model_spec",
-           "resolve_model_options", "count_params", "probe_layers", "VGG_PRESETS", "Block", "BasicBlock"]
+           "resolve_model_options", "count_params", "check_forward", "probe_layers", "VGG_PRESETS", "Block", "BasicBlock"]

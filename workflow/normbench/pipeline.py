@@ -192,7 +192,7 @@ class Pipeline:
         import torch
 
         from .data import SHAPES, TRAIN_SIZES, check_dataset_name
-        from .models import NormAct, build_model
+        from .models import NormAct, build_model, check_forward
 
         key = f"studies.{st.name}"
         if STUDIES[st.name].runner == "linear_gd":
@@ -224,7 +224,8 @@ class Pipeline:
                 shape, _, outputs = SHAPES[row["dataset"]]
                 try:
                     with torch.device("meta"):
-                        build_model(model.type, shape, outputs, na, model.options)
+                        net = build_model(model.type, shape, outputs, na, model.options)
+                        check_forward(net, shape, f"model {row['model']!r}")
                 except ConfigError as e:
                     raise ConfigError(f"model {row['model']!r} with norm {row['norm']!r} on {row['dataset']}: {e}")
 
