@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import torch
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -18,7 +18,7 @@ import yaml
 
 from normbench.config import RunConfig
 from normbench.data import cached_tensors
-from normbench.store import IncompleteRun, METRICS_SCHEMA, SUMMARY_SCHEMA, read_runs, write_parquet
+from normbench.store import IncompleteRun, METRICS_SCHEMA, SUMMARY_SCHEMA, read_runs
 from normbench.train import Trainer, get_data, train
 
 ROOT = Path(__file__).resolve().parents[1]

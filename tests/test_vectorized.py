@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from normbench.config import RunConfig
 from normbench.pack import plan, run_pack

@@ -50,14 +50,15 @@ def run_pack(jobs: list[dict], marker: str | Path | None = None, say: Callable[[
         tag = f"{c0.norm} bs={c0.batch_size} " + (f"[{len(group)} runs, vectorized]" if len(group) > 1 else
                                                   f"lr={c0.lr} seed={c0.seed}")
         if len(group) == 1:
-            res = [train(c0, gjobs[0]["out"], gjobs[0].get("checkpoint"), progress=lambda m: say(f"{tag} {m}"))]
+            res = [train(c0, gjobs[0]["out"], gjobs[0].get("checkpoint"),
+                         progress=lambda m, tag=tag: say(f"{tag} {m}"))]
         else:
             if c0.threads:
                 import torch
 
                 torch.set_num_threads(c0.threads)
             data = get_data(c0, resolve_device(c0.device))
-            res = VectorTrainer(gcfgs, data, progress=lambda m: say(f"{tag} {m}")).run()
+            res = VectorTrainer(gcfgs, data, progress=lambda m, tag=tag: say(f"{tag} {m}")).run()
             for r, job in zip(res, gjobs):
                 r.write(job["out"])
         for cfg, r in zip(gcfgs, res):

@@ -227,7 +227,8 @@ class Pipeline:
                         net = build_model(model.type, shape, outputs, na, model.options)
                         check_forward(net, shape, f"model {row['model']!r}")
                 except ConfigError as e:
-                    raise ConfigError(f"model {row['model']!r} with norm {row['norm']!r} on {row['dataset']}: {e}")
+                    raise ConfigError(
+                        f"model {row['model']!r} with norm {row['norm']!r} on {row['dataset']}: {e}") from None
 
     def _check_files(self):
         from .data import TORCHVISION, missing_files
