@@ -14,11 +14,9 @@ the input scaling; its ``lr`` is the step as a fraction of the stability limit
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 
 from .errors import ConfigError
 
@@ -85,14 +83,12 @@ def error_surface(scaling: str, grid: int = 121, seed: int = 0, half: float = 3.
 
 
 def train(cfg, progress=None):
-    """Full-batch gradient descent on ½·MSE; rows and summary as a network run."""
-    import torch
-
-    from . import __version__
-    from .train import RunResult, git_revision
+    """Full-batch gradient descent on ½·MSE; rows and summary as a network run
+    (the same ``Recorder``; the optimizer column says sgd: GD is SGD on the full batch)."""
+    from .train import Recorder
 
     check(cfg.norm_kind, cfg.model_kind, cfg.dataset)
-    t0 = time.perf_counter()
+    rec = Recorder(cfg, per_epoch=1, classification=False)
     A, y, At, yt = design(cfg.norm_kind)
     H = hessian(A)
     eig = np.linalg.eigvalsh(H)
@@ -100,14 +96,8 @@ def train(cfg, progress=None):
     w_star = np.linalg.solve(H, A.T @ y / len(A))
     l_star, w = loss(A, y, w_star), np.random.default_rng(cfg.seed).standard_normal(3)
     l0 = loss(A, y, w)
-    rows, converged, diverged = [], None, None
-
-    def row(s, split, metric, value):
-        rows.append({"step": s, "epoch": float(s), "examples": s * len(A), "split": split, "metric": metric,
-                     "layer": None, "step_size": None, "value": float(value),
-                     "wall_time_s": time.perf_counter() - t0})
-
-    row(0, "probe", "hessian_cond", eig[-1] / eig[0])
+    converged = diverged = None
+    rec.row(0, "probe", "hessian_cond", eig[-1] / eig[0])
     s = 0
     for s in range(cfg.steps + 1):
         lt = loss(A, y, w)
@@ -116,27 +106,14 @@ def train(cfg, progress=None):
         if converged is None and lt - l_star <= 1e-6 * (l0 - l_star):
             converged = s
         if s % cfg.eval_every == 0 or s == cfg.steps or diverged is not None or converged == s:
-            row(s, "train", "loss", lt)
-            row(s, "test", "loss", loss(At, yt, w))
-            row(s, "probe", "w1", w[0])
-            row(s, "probe", "w2", w[1])
+            for split, metric, value in (("train", "loss", lt), ("test", "loss", loss(At, yt, w)),
+                                         ("probe", "w1", w[0]), ("probe", "w2", w[1])):
+                rec.row(s, split, metric, value)
         if diverged is not None or converged is not None or s == cfg.steps:
             break
         w = w - step * (H @ w - A.T @ y / len(A))
     if progress:
         progress(f"{cfg.norm}: cond {eig[-1] / eig[0]:.3g}, "
                  + (f"converged at step {converged}" if converged is not None else f"not converged in {s} steps"))
-    metrics = pd.DataFrame(rows)
-    for k, v in cfg.identity().items():
-        metrics[k] = v
-    wall = time.perf_counter() - t0
-    final = float(loss(At, yt, w))
-    summary = {**cfg.identity(), **cfg.provenance(), "optimizer": "gd", "final_test_acc": float("nan"), "final_test_loss": final,
-               "best_test_acc": float("nan"), "final_train_loss": float(loss(A, y, w)),
-               "diverged": diverged is not None, "diverged_step": diverged, "steps": s,
-               "examples": s * len(A), "target_acc": None, "steps_to_target": converged,
-               "examples_to_target": None if converged is None else converged * len(A),
-               "wall_time_s": wall, "train_time_s": wall, "probe_time_s": 0.0, "num_params": 3,
-               "device": "cpu", "torch_version": torch.__version__, "normbench_version": __version__,
-               "git_rev": git_revision()}
-    return RunResult(metrics, summary, diverged is not None)
+    rec.steps_to_target = converged
+    return rec.result(s, -1 if diverged is None else diverged, num_params=3, device="cpu")

@@ -243,22 +243,12 @@ class Pipeline:
                         f"--data-dir {self.data_dir}` on a machine with network, or copy the files there")
 
     def norm(self, nid: str, key: str = "norm") -> Named:
-        if nid in self.norms:
-            return self.norms[nid]
-        if nid in NORMS:
-            return Named(nid)
-        raise ConfigError(f"{key}: {nid!r} is neither a norms entry nor a registry type; valid: "
-                          f"{', '.join(sorted(set(self.norms) | set(NORMS)))}")
+        return _named(nid, self.norms, NORMS, "norms", key)
 
     def model(self, mid: str, key: str = "model") -> Named:
         from .models import MODELS
 
-        if mid in self.models:
-            return self.models[mid]
-        if mid in MODELS:
-            return Named(mid)
-        raise ConfigError(f"{key}: {mid!r} is neither a models entry nor a registry type; valid: "
-                          f"{', '.join(sorted(set(self.models) | set(MODELS)))}")
+        return _named(mid, self.models, MODELS, "models", key)
 
     # -- targets -----------------------------------------------------------------
 
@@ -317,6 +307,16 @@ class Pipeline:
 
             return int(torch.cuda.is_available())
         return 0
+
+
+def _named(name: str, table: dict, registry: dict, what: str, key: str) -> Named:
+    """A config entry by id, else a bare registry type, else an error listing both."""
+    if name in table:
+        return table[name]
+    if name in registry:
+        return Named(name)
+    raise ConfigError(f"{key}: {name!r} is neither a {what} entry nor a registry type; valid: "
+                      f"{', '.join(sorted(set(table) | set(registry)))}")
 
 
 def _pack_columns(study: str, pack) -> list[str]:
