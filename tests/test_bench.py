@@ -17,4 +17,4 @@ def test_bench_quick_prints_ratios():
     for bs, naive, lean, packed, lean_ratio, packed_ratio in rows:
         assert float(packed_ratio) == pytest.approx(int(packed) / int(naive), rel=0.02)  # ratios of what it printed
     assert "(b) default pipeline: skipped in quick mode" in p.stdout
-    assert re.search(r"\(c\) probe overhead, .* → \+\d+%", p.stdout)
+    assert re.search(r"\(c\) probe overhead, .* same run \+\d+%; .* → [+-]\d+%", p.stdout)

@@ -66,6 +66,15 @@ def test_plan_groups_by_structure_and_keeps_probed_runs_solo():
     assert plan(cfgs, vectorize=False) == [[0], [1], [2], [3], [4]]
 
 
+def test_a_pack_of_runs_vmap_cannot_batch_trains_them_one_by_one(tmp_path):
+    """Spectral norm's power iteration uses out= ops that vmap cannot batch."""
+    cfgs = [cfg("sn", lr, 0) for lr in (0.01, 0.05)]
+    assert plan(cfgs) == [[0], [1]]
+    jobs = [{"config": c.to_dict(), "out": str(tmp_path / f"r{i}")} for i, c in enumerate(cfgs)]
+    run_pack(jobs, say=lambda m: None)
+    assert all((tmp_path / f"r{i}" / "summary.parquet").exists() for i in range(2))
+
+
 def test_run_pack_writes_each_run_and_skips_finished(tmp_path):
     jobs = [{"config": cfg("bn", lr, 0).to_dict(), "out": str(tmp_path / f"lr{lr}"),
              "checkpoint": str(tmp_path / f"ck{lr}.pt")} for lr in (0.01, 0.05)]

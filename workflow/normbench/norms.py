@@ -54,8 +54,9 @@ class _RunningNorm(nn.Module):
 
     @torch.no_grad()
     def _update(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
-        self.running_mean.lerp_(mean.detach(), self.momentum)
-        self.running_scale.lerp_(scale.detach(), self.momentum)
+        # torch BN's update rule, spelled with ops vmap batches (it has no rule for lerp_)
+        self.running_mean.mul_(1 - self.momentum).add_(mean.detach(), alpha=self.momentum)
+        self.running_scale.mul_(1 - self.momentum).add_(scale.detach(), alpha=self.momentum)
 
 
 class LpBatchNorm(_RunningNorm):
@@ -168,6 +169,7 @@ class NormSpec:
     batch_dependent: bool = False  # uses batch statistics (sensitive to batch size)
     conv_only: bool = False  # needs spatial dims (instance norm)
     reparametrizes_weight: bool = False  # acts on the preceding layer's weight
+    vmappable: bool = True  # torch.func.vmap can batch it (packs and probes vectorize over runs/points)
     description: str = ""
 
 
@@ -214,7 +216,8 @@ NORMS: dict[str, NormSpec] = {
     "wn": NormSpec(lambda c, dim: nn.Identity(), reparametrizes_weight=True,
                    description="weight normalization of the preceding conv/linear"),
     "sn": NormSpec(lambda c, dim, n_power_iterations: nn.Identity(), {"n_power_iterations": 1},
-                   reparametrizes_weight=True, description="spectral normalization of weights"),
+                   reparametrizes_weight=True, vmappable=False,  # its power iteration uses out= ops
+                   description="spectral normalization of weights"),
     "brn": NormSpec(
         lambda c, dim, r_max, d_max, eps, momentum, affine: BatchRenorm(
             c, r_max=r_max, d_max=d_max, eps=eps, momentum=momentum, affine=affine),

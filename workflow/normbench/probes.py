@@ -46,16 +46,21 @@ def grad(loss_fn: LossFn, params: Params) -> tuple[torch.Tensor, Params]:
     return loss.detach(), {k: (torch.zeros_like(v) if g is None else g) for (k, v), g in zip(p.items(), gs)}
 
 
+# foreach kernels: one call per parameter list, not per tensor (a probe point
+# otherwise pays more for this bookkeeping than a small network's backward)
+
+
 def _norm(d: Params) -> torch.Tensor:
-    return torch.sqrt(sum((v.double() ** 2).sum() for v in d.values()))
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(d.values()))).double())
 
 
 def _sub(a: Params, b: Params) -> Params:
-    return {k: a[k] - b[k] for k in a}
+    return dict(zip(a, torch._foreach_sub([a[k] for k in a], [b[k] for k in a])))
 
 
 def _step(params: Params, g: Params, eta: float) -> Params:
-    return {k: params[k].detach() - eta * g[k] for k in params}
+    return dict(zip(params, torch._foreach_add([v.detach() for v in params.values()], [g[k] for k in params],
+                                               alpha=-eta)))
 
 
 @dataclass
@@ -162,13 +167,15 @@ class FunctionalLoss:
     def __call__(self, params: Params) -> torch.Tensor:
         after, was_training = rng_state(self.model), self.model.training
         set_rng_state(self.model, self.rng)  # every evaluation sees the same noise
-        self.model.train()  # the training loss: batch statistics, noise on
+        if not was_training:  # the training loss: batch statistics, noise on
+            self.model.train()
         try:
             buffers = {k: v.clone() for k, v in self.buffers.items()}  # BN running stats untouched
             out = functional_call(self.model, {**params, **buffers}, (self.x,))
             return self.criterion(out, self.y)
         finally:
-            self.model.train(was_training)
+            if not was_training:
+                self.model.eval()
             set_rng_state(self.model, after)
 
 

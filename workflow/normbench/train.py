@@ -283,7 +283,8 @@ class Trainer:
 
     def train_step(self, x, y, keep_grad: bool = False):
         """One optimizer step; with ``keep_grad`` return g = ∇L(W_t; B_t) by name."""
-        self.model.train()
+        if not self.model.training:  # train() walks every module: only switch back after an eval
+            self.model.train()
         with self.autocast:
             out = self.forward(x)
         loss = self.criterion(out.float(), y)

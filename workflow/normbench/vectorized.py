@@ -25,7 +25,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from .config import RunConfig
 from .data import BatchSchedule, Dataset
 from .models import NormAct, build_model, count_params
-from .norms import noise_modules, seed_noise
+from .norms import noise_modules, norm_spec, seed_noise
 from .train import (RunResult, Recorder, _Sigterm, Preempted, criterion_for, evaluate_model, make_schedule,
                     total_steps)
 
@@ -47,10 +47,11 @@ def structure_key(cfg: RunConfig) -> tuple:
 
 
 def vectorizable(cfg: RunConfig) -> bool:
-    """Probes need the solo loop (they reach into one model); Adam's state and the
-    speed options (channels_last, bf16, compile) are not vectorized here."""
+    """Probes need the solo loop (they reach into one model); Adam's state, the
+    speed options (channels_last, bf16, compile) and norms vmap cannot batch
+    (spectral norm) are not vectorized here."""
     return (cfg.runner == "network" and not cfg.probes and cfg.optimizer in ("sgd", "momentum")
-            and not (cfg.channels_last or cfg.bf16 or cfg.compile))
+            and not (cfg.channels_last or cfg.bf16 or cfg.compile) and norm_spec(cfg.norm_kind).vmappable)
 
 
 class VectorTrainer:
@@ -112,7 +113,8 @@ class VectorTrainer:
         idx = [b(self.step)[1] for b in self.batches]
         x = torch.stack([self.data.x_train[i] for i in idx])
         y = torch.stack([self.data.y_train[i] for i in idx])
-        self.base.train()
+        if not self.base.training:  # train() walks every module: only switch back after an eval
+            self.base.train()
         buffers = {**self.buffers, **self._noise_buffers(c0.batch_size)} if self.noise_names else self.buffers
         out = self._forward(self.params, buffers, x)
         per = self.criterion(out.flatten(0, 1), y.flatten(0, 1), reduction="none")
