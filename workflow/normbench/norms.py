@@ -169,7 +169,7 @@ class NormSpec:
     batch_dependent: bool = False  # uses batch statistics (sensitive to batch size)
     conv_only: bool = False  # needs spatial dims (instance norm)
     reparametrizes_weight: bool = False  # acts on the preceding layer's weight
-    vmappable: bool = True  # torch.func.vmap can batch it (packs and probes vectorize over runs/points)
+    vmappable: bool = True  # torch.func.vmap can batch it (else a pack trains its runs one by one)
     description: str = ""
 
 
