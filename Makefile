@@ -1,15 +1,15 @@
-# The README's two commands: `make run` (set up + run the pipeline on the
-# embedded default) and `make test` (set up + run the whole test suite).
+# The README's two commands: `make run` (set up + run the pipeline on the embedded
+# default, resuming whatever an interrupted run left) and `make test` (set up + run
+# the whole test suite; .ci/run calls it).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-CORES  ?= all
 # A machine-wide pip constraint (some images cap torch below our lock) must not
 # override the lock; /dev/null as the constraint file keeps every other pip setting.
 export PIP_CONSTRAINT := /dev/null
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test reports bench clean
+.PHONY: setup run test reports bench mutants clean
 
 $(VENV)/.installed: envs/requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,7 @@ $(VENV)/.installed: envs/requirements.lock pyproject.toml
 setup: $(VENV)/.installed
 
 run: setup
-	$(BIN)/snakemake --cores $(CORES) --printshellcmds --keep-going
-	$(BIN)/snakemake --cores 1 --report reports/report.html
+	$(BIN)/normbench run
 
 test: setup
 	$(BIN)/python -m pytest -q tests
@@ -32,5 +31,10 @@ reports: setup
 bench: setup
 	$(BIN)/normbench bench
 
+# Mutation testing of the normalizers and the probes (minutes; not part of `make test`).
+mutants: setup
+	$(BIN)/pip install -q mutmut==3.5.0
+	$(BIN)/mutmut run && $(BIN)/mutmut results
+
 clean:
-	rm -rf results reports/*/ reports/index.md reports/report.html .snakemake
+	rm -rf results reports/*/ reports/index.md reports/report.html .snakemake logs benchmarks mutants

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from normbench.errors import ConfigError
-from normbench.pipeline import load_config
-from normbench.train import train
+from normbench.pipeline import load_pipeline as load_config
+from normbench.runners import Job, train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {
@@ -84,9 +84,7 @@ def test_random_configs_fail_clearly_or_run(grid, tr, top):
     for sname in pipe.studies:
         jobs = [j for p in pipe.packs(sname) for j in pipe.pack_jobs(sname, p)]
         assert jobs
-        from normbench.config import RunConfig
-
-        cfg = RunConfig.from_dict(jobs[0]["config"])
-        cfg.steps, cfg.eval_every = 2, 1
+        cfg = Job.from_dict(jobs[0]).config
+        cfg.steps, cfg.eval_every, cfg.epochs = 2, 1, None
         res = train(cfg)
         assert res.summary["steps"] <= 2

@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from normbench.norms import ConfigError
-from normbench.pipeline import load_config
+from normbench.config import load as load_file
+from normbench.errors import ConfigError
+from normbench.pipeline import load_pipeline as load_config
+from normbench.settings import TRAIN_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((ROOT / "config/config.yaml").read_text())
@@ -25,15 +27,16 @@ def sweep(c):
 
 BAD = {
     "unknown study": (lambda c: c["studies"].__setitem__("imagenet_sweep", sweep(c)),
-                      r"studies\.imagenet_sweep: .*not a known study; valid: lr_bs_sweep"),
+                      r"studies\.imagenet_sweep: study 'imagenet_sweep' is unknown; valid: bjorck, .*lr_bs_sweep"),
     "unknown norm in grid": (lambda c: sweep(c)["grid"].__setitem__("norm", ["bn", "batchnorm"]),
-                             r"studies\.lr_bs_sweep\.grid\.norm: 'batchnorm' .*valid: .*gn"),
+                             r"studies\.lr_bs_sweep\.grid\.norm: norm type 'batchnorm' is unknown; valid: .*gn.*"
+                             r"or an entry under norms: bn_noaffine, gn"),
     "unknown norm type": (lambda c: c["norms"].__setitem__("xn", {"type": "xnorm"}),
                           r"norms\.xn: norm type 'xnorm' is unknown; valid: .*bn"),
     "unknown norm option": (lambda c: c["norms"]["gn"].__setitem__("options", {"grops": 2}),
-                            r"norms\.gn: .*unknown option.*grops.*allowed: .*groups"),
+                            r"norms\.gn: norm 'gn': unknown option\(s\) grops; allowed: .*groups"),
     "unknown model": (lambda c: sweep(c)["grid"].__setitem__("model", ["resnet9000"]),
-                      r"studies\.lr_bs_sweep\.grid\.model: 'resnet9000' .*valid: .*vgg"),
+                      r"studies\.lr_bs_sweep\.grid\.model: model type 'resnet9000' is unknown; valid: .*vgg"),
     "unknown dataset": (lambda c: sweep(c)["grid"].__setitem__("dataset", ["imagenet"]),
                         r"studies\.lr_bs_sweep\.grid\.dataset: dataset 'imagenet' is unknown; valid: .*digits"),
     "unknown optimizer": (lambda c: sweep(c)["train"].__setitem__("optimizer", "rmsprop"),
@@ -54,17 +57,31 @@ BAD = {
     "quoted number": (lambda c: sweep(c)["grid"].__setitem__("lr", ["0.1"]),
                       r"studies\.lr_bs_sweep\.grid\.lr\.0: '0\.1' is not of type 'number'"),
     "unknown key": (lambda c: sweep(c).__setitem__("learning_rate", [0.1]),
-                    r"studies\.lr_bs_sweep: Additional properties are not allowed \('learning_rate'"),
+                    r"studies\.lr_bs_sweep\.learning_rate: unknown key; allowed: enabled, grid"),
     "unknown train setting": (lambda c: sweep(c)["train"].__setitem__("stepz", 3),
-                              r"studies\.lr_bs_sweep\.train: Additional properties .*'stepz'"),
+                              r"studies\.lr_bs_sweep\.train\.stepz: unknown key \(did you mean 'steps'\?\); allowed: .*"),
+    "typo in a grid key": (lambda c: sweep(c)["grid"].__setitem__("batchsize", sweep(c)["grid"].pop("batch_size")),
+                           r"studies\.lr_bs_sweep\.grid\.batchsize: unknown key \(did you mean 'batch_size'\?\); "
+                           r"allowed: activation, batch_size"),
+    "unknown activation": (lambda c: sweep(c)["grid"].__setitem__("activation", ["gelu"]),
+                           r"studies\.lr_bs_sweep\.grid\.activation: 'gelu' is not valid; choose one of relu"),
+    "unknown input scaling": (lambda c: c["studies"]["feature_scaling"]["grid"].__setitem__("norm", ["zscore"]),
+                              r"studies\.feature_scaling\.grid\.norm: input scaling 'zscore' is unknown; valid: "
+                              r"mean_norm, minmax, raw, standardize"),
+    "user norm that cannot be imported": (lambda c: c["norms"].__setitem__("mine", {"type": "nowhere.mod:X"}),
+                                          r"norms\.mine: norm type 'nowhere.mod:X': cannot import 'nowhere.mod'"),
+    "probes with workers": (lambda c: sweep(c)["train"].update(workers=2, probes=["ics"], probe_every=5),
+                            r"studies\.lr_bs_sweep\.train: workers: 2 with probes"),
     "bad placement": (lambda c: sweep(c)["grid"].__setitem__("placement", ["middle"]),
                       r"placement: 'middle' is not valid; choose one of pre, post"),
     "batch larger than data": (lambda c: sweep(c)["grid"].__setitem__("batch_size", [5000]),
-                               r"studies\.lr_bs_sweep\.grid\.batch_size: 5000 exceeds the 1437"),
+                               r"studies\.lr_bs_sweep\.grid\.batch_size: 5000 exceeds the 1437 training examples of digits"),
     "unknown probe": (lambda c: sweep(c)["train"].__setitem__("probes", ["hessian"]),
                       r"studies\.lr_bs_sweep\.train: probes: 'hessian' is not valid; choose one of ics"),
     "bad lp": (lambda c: c["norms"]["lp1_bn"].__setitem__("options", {"p": 3}),
                r"norms\.lp1_bn: lp_bn: p=3 is not one of 1, 2, inf"),
+    "bad gn option in an unused entry": (lambda c: c["norms"].__setitem__("gnx", {"type": "gn", "options": {"grops": 1}}),
+                                         r"norms\.gnx: norm 'gn': unknown option"),
     "every study disabled": (lambda c: [s.__setitem__("enabled", False) for s in c["studies"].values()],
                              r"studies: every study is disabled"),
     "bad device": (lambda c: c.__setitem__("device", "tpu"), r"device: 'tpu' does not match"),
@@ -76,6 +93,24 @@ def test_bad_config_is_one_clear_error(name):
     fn, pattern = BAD[name]
     with pytest.raises(ConfigError, match=pattern):
         load_config(mutate(fn))
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("studies:\n  lr_bs_sweep:\n    grid: {model: [cnn\n    train: {}\n")
+    with pytest.raises(ConfigError, match=rf"{f}, line \d+, column \d+: not valid YAML: "):
+        load_file(f)
+    with pytest.raises(ConfigError, match=rf"{tmp_path / 'missing.yaml'}: no such config file"):
+        load_file(tmp_path / "missing.yaml")
+    f.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must be a mapping with a 'studies' key"):
+        load_file(f)
+
+
+def test_schema_train_block_lists_exactly_the_train_settings():
+    """One place for the settings' names (normbench.settings); the schema is checked against it."""
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    assert set(schema["definitions"]["train"]["properties"]) == set(TRAIN_SETTINGS)
 
 
 def test_missing_dataset_files_offline(tmp_path):
@@ -101,12 +136,14 @@ def test_lr_rule_scales_with_batch():
 
 def test_default_grids_and_paths():
     pipe = load_config(DEFAULT)
-    assert set(pipe.studies) == {"lr_bs_sweep", "bn_placement", "gn_small_batch", "santurkar", "bjorck",
-                                 "depth_stats", "feature_scaling"}
-    dirs = pipe.run_dirs("lr_bs_sweep")
-    assert len(dirs) == len(set(dirs)) == 4 * 2 * 5 * 3
-    assert dirs[0] == ("results/lr_bs_sweep/runs/model=cnn/dataset=digits/norm=none/placement=pre/"
-                       "activation=relu/batch_size=8/lr=0.01/seed=0")
+    from normbench.studies import STUDIES
+
+    assert set(pipe.studies) == set(STUDIES)  # the default config runs every study
+    files = pipe.files("lr_bs_sweep", "summary")
+    assert len(files) == len(set(files)) == len(pipe.studies["lr_bs_sweep"].runs)
+    assert files[0] == ("results/lr_bs_sweep/runs/summary/model~cnn/dataset~digits/norm~none/placement~pre/"
+                        "activation~relu/batch_size~8/lr~0.01/seed~0.parquet")
+    assert "=" not in "".join(files)  # no key=value folders for readers to infer (mis-typed) columns from
     # the default trains the whole sweep in one job (pack: [norm, batch_size, lr, seed]) ...
     packs = pipe.packs("lr_bs_sweep")
     assert len(packs) == 1 and all(len(v) == 120 for v in packs.values())

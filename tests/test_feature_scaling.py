@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from normbench.config import RunConfig
-from normbench.feature_scaling import design, error_surface, hessian, loss
-from normbench.train import train
+from normbench.runners import train
+from normbench.runners.linear_gd import design, hessian, loss
+from normbench.settings import RunConfig
+from normbench.studies.feature_scaling import error_surface
 
 
 def cfg(norm, lr=0.9, steps=3000):
@@ -16,6 +17,7 @@ def cfg(norm, lr=0.9, steps=3000):
 def test_hessian_is_the_least_squares_one():
     A, y, _, _ = design("raw")
     H = hessian(A)
+    assert A.shape == (1000, 3) and A[:, 0].min() >= 0.5 and A[:, 1].min() >= 500  # two scales, bias column
     w = np.array([0.3, -0.002, 1.5])
     eps = 1e-4  # ½·MSE is quadratic: its finite-difference Hessian is exact up to rounding
     num = np.array([[(loss(A, y, w + eps * (ei + ej)) - loss(A, y, w + eps * ei) - loss(A, y, w + eps * ej)

@@ -4,9 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from normbench.models import MODELS, NormAct, build_model, check_forward
-from normbench.norms import NORMS, ConfigError, norm_spec
+from normbench.errors import ConfigError
+from normbench.models import MODELS, NormAct, build_model, build_network, check_forward
+from normbench.norms import NORMS
 from normbench.probes import rng_state, set_rng_state
+from normbench.settings import RunConfig
 
 IMAGE = (1, 8, 8)
 OPTIONS = {  # small sizes: the structure is what is tested
@@ -19,7 +21,7 @@ LR = {"dln": 1e-2, "resnet18": 1e-3, "resnet50": 1e-3}
 
 
 def unsupported(model, norm, placement):
-    spec = norm_spec(norm)
+    spec = NORMS.get(norm)
     if model in ("resnet18", "resnet50"):
         # IN needs more than one spatial element; torchvision's stem shrinks 8×8 inputs to 1×1
         return placement != "pre" or spec.reparametrizes_weight or norm == "in"
@@ -93,12 +95,39 @@ def test_dln_is_25_linear_layers_of_10():
     assert len(lins) == 25 and all(m.weight.shape == (10, 10) and m.bias is None for m in lins)
 
 
+def test_build_network_is_seeded_and_typed():
+    cfg = RunConfig.from_dict(dict(model="mlp", model_options={"depth": 2, "width": 8}, norm="bn", seed=3,
+                                   dtype="float64"))
+    a, b = build_network(cfg, (1, 8, 8), 10), build_network(cfg, (1, 8, 8), 10)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(p.dtype == torch.float64 for p in a.parameters())
+
+
+def test_user_model_from_a_file(tmp_path):
+    """Your own model, named 'file.py:Class', built with (in_shape, out_dim, na, **options)."""
+    (tmp_path / "mynets.py").write_text(
+        "import math, torch\n"
+        "class Tiny(torch.nn.Sequential):\n"
+        "    def __init__(self, in_shape, out_dim, na, width=4):\n"
+        "        super().__init__(torch.nn.Flatten(), na.block(torch.nn.Linear(math.prod(in_shape), width), width, 1),\n"
+        "                         na.weight(torch.nn.Linear(width, out_dim)))\n")
+    net = build_model(f"{tmp_path}/mynets.py:Tiny", (1, 8, 8), 10, NormAct("bn"), {"width": 6})
+    assert isinstance(net[1][1], torch.nn.BatchNorm1d) and net[1][1].num_features == 6
+    with pytest.raises(ConfigError, match="unknown option.*depth.*allowed: width"):
+        build_model(f"{tmp_path}/mynets.py:Tiny", (1, 8, 8), 10, NormAct("bn"), {"depth": 2})
+
+
 def test_inits():
     torch.manual_seed(0)
     net = build_model("mlp", (1000,), 10, NormAct("none", init="kaiming"), {"depth": 1, "width": 1000})
     assert float(net[1][0].weight.detach().std()) == pytest.approx((2 / 1000) ** 0.5, rel=0.02)
-    net = build_model("mlp", (1000,), 10, NormAct("none", init="glorot", activation="identity"), {"depth": 1, "width": 1000})
-    assert float(net[1][0].weight.detach().std()) == pytest.approx((2 / 2000) ** 0.5, rel=0.02)
+    # Glorot & Bengio 2010 uniform with gain 1 (TensorFlow's default), whatever the activation
+    for act in ("identity", "relu"):
+        net = build_model("mlp", (1000,), 10, NormAct("none", init="glorot", activation=act), {"depth": 1, "width": 1000})
+        assert float(net[1][0].weight.detach().std()) == pytest.approx((2 / 2000) ** 0.5, rel=0.02)
+    net = build_model("mlp", (1000,), 10, NormAct("none", init="normal", init_std=0.01), {"depth": 1, "width": 1000})
+    assert float(net[1][0].weight.detach().std()) == pytest.approx(0.01, rel=0.02)
+    assert float(net[1][0].bias.detach().abs().max()) == 0.0
 
 
 def test_bad_names():

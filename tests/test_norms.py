@@ -7,8 +7,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from normbench.norms import (NORMS, BatchNoise, BatchRenorm, ConfigError, LpBatchNorm, apply_to_weight,
-                             create_norm)
+from normbench.errors import ConfigError
+from normbench.layers import BatchNoise, BatchRenorm, LpBatchNorm
+from normbench.norms import NORMS, apply_to_weight, create_norm
 
 
 def formula(x, dims, eps=1e-5):
@@ -56,7 +57,6 @@ def test_matches_torch_reference(name, dim, ref_fn, mode):
 
 @pytest.mark.parametrize("name,dims,opts", [
     ("bn", [0, 2, 3], {}), ("ln", [1, 2, 3], {}), ("in", [2, 3], {}), ("gn", None, {"groups": 2}),
-    ("lp_bn", [0, 2, 3], {"p": 2, "eps": 0.0}),
 ])
 def test_matches_formula(name, dims, opts):
     torch.manual_seed(1)
@@ -64,11 +64,24 @@ def test_matches_formula(name, dims, opts):
     y = create_norm(name, 6, 2, **opts)(x)
     if name == "gn":  # 2 groups of 3 channels
         expect = formula(x.view(4, 2, 3 * 9), [2]).view_as(x)
-    elif name == "lp_bn":
-        expect = formula(x, dims, eps=0.0)
     else:
         expect = formula(x, dims)
     torch.testing.assert_close(y.double(), expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("opts,groups", [({"groups": 3}, 3), ({"channels_per_group": 2}, 6), ({"groups": 32}, 12),
+                                         ({"channels_per_group": 12}, 1)])
+def test_gn_group_layout_is_torchs(opts, groups):
+    """channels_per_group = C/G (not G); groups is capped at the channel count; the layout is torch's."""
+    torch.manual_seed(4)
+    x = torch.randn(5, 12, 3, 3) * 3 + 1
+    ours = create_norm("gn", 12, 2, **opts)
+    assert ours.num_groups == groups
+    torch.testing.assert_close(ours(x), torch.nn.functional.group_norm(x, groups, eps=1e-5), rtol=1e-5, atol=1e-5)
+    # and by hand: contiguous blocks of C/G channels share their statistics
+    per = 12 // groups
+    by_hand = torch.cat([formula(x[:, g * per:(g + 1) * per], [1, 2, 3]) for g in range(groups)], 1)
+    torch.testing.assert_close(ours(x).double(), by_hand, rtol=1e-5, atol=1e-5)
 
 
 def test_ln_conv_is_layer_norm_over_chw():
@@ -76,18 +89,24 @@ def test_ln_conv_is_layer_norm_over_chw():
     torch.testing.assert_close(create_norm("ln", 4, 2)(x), F.layer_norm(x, (4, 5, 5)), rtol=1e-5, atol=1e-5)
 
 
-def test_lp_norms_scale():
+def test_lp_bn_scales_by_the_norm_before_the_mean_is_subtracted():
+    """Santurkar §3.3: subtract the batch mean, divide by the batch-average ℓp norm of the
+    activations *before* shifting the mean -- computed here by hand, per channel."""
     torch.manual_seed(2)
-    x = torch.randn(64, 5, 4, 4) * 4 + 2
-    for p, stat in [(1, lambda y: y.abs().mean((0, 2, 3))), ("inf", lambda y: y.abs().amax((0, 2, 3))),
-                    (2, lambda y: y.pow(2).mean((0, 2, 3)).sqrt())]:
+    x = torch.randn(64, 5, 4, 4) * 4 + 2  # mean 2: centring first would give another scale
+    flat = x.permute(1, 0, 2, 3).reshape(5, -1).double()
+    mean = flat.mean(1)
+    for p, scale in [(1, flat.abs().mean(1)), ("inf", flat.abs().amax(1)), (2, flat.pow(2).mean(1).sqrt())]:
         y = create_norm("lp_bn", 5, 2, p=p, eps=0.0, affine=False)(x)
-        torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(5), atol=1e-5, rtol=0)
-        torch.testing.assert_close(stat(y), torch.ones(5), atol=1e-5, rtol=1e-5)
+        expect = (x.double() - mean.view(1, 5, 1, 1)) / scale.view(1, 5, 1, 1)
+        torch.testing.assert_close(y.double(), expect, atol=1e-5, rtol=1e-5)
+        centred = (flat - mean[:, None]).pow(2).mean(1).sqrt()  # what a centred ℓ2 scale would have been
+        assert not torch.allclose(scale, centred) or p != 2
 
 
-def test_lp_bn_p2_is_batchnorm():
+def test_lp_bn_p2_is_batchnorm_on_zero_mean_activations():
     x = torch.randn(16, 3, 4, 4)
+    x = x - x.mean((0, 2, 3), keepdim=True)  # uncentred and centred ℓ2 scales agree only here
     ours = create_norm("lp_bn", 3, 2, p=2, eps=1e-12)
     torch.testing.assert_close(ours(x), F.batch_norm(x, None, None, training=True, eps=1e-12), rtol=1e-5, atol=1e-5)
 
@@ -116,7 +135,7 @@ def test_custom_layers_gradcheck(layer):
 def test_noisy_bn_gradcheck_with_fixed_noise():
     m = create_norm("noisy_bn", 3, 2).double()
     noise = m[1]
-    noise._gen("cpu")
+    noise.ensure_generator("cpu")
     state = noise.generator.get_state()
 
     def f(x):
@@ -157,13 +176,17 @@ def test_noise_statistics_follow_algorithm_1():
 def test_noise_is_applied_as_s_times_a_plus_m_in_training_only():
     noise = BatchNoise(3, seed=1)
     x = torch.randn(5, 3, 2, 2)
-    noise._gen("cpu"); st = noise.generator.get_state()
+    noise.ensure_generator("cpu"); st = noise.generator.get_state()
     y = noise(x)
     noise.generator.set_state(st)
     s, m = noise.sample(5, "cpu", x.dtype)
     torch.testing.assert_close(y, s[:, :, None, None] * x + m[:, :, None, None])
-    noise.eval()
-    assert torch.equal(noise(x), x)
+    noise.eval()  # evaluation applies the noise's expected value: E[s] = E[σ] = 1.125, E[m] = E[μ] = 0
+    torch.testing.assert_close(noise(x), 1.125 * x)
+    wide = BatchNoise(64, seed=2)  # those are the draws' means: 12,800 draws of σ, SE 0.0006
+    draws = [wide.sample(100, "cpu", torch.float64) for _ in range(200)]
+    assert float(torch.stack([d[0].mean() for d in draws]).mean()) == pytest.approx(1.125, abs=4e-3)
+    assert float(torch.stack([d[1].mean() for d in draws]).mean()) == pytest.approx(0.0, abs=1e-2)
 
 
 def test_weight_norm_keeps_function_and_separates_g_and_v():
@@ -201,3 +224,62 @@ def test_unknown_names_and_options_list_the_choices():
 
 def test_registry_has_every_norm_of_the_design():
     assert {"none", "bn", "ln", "in", "gn", "wn", "sn", "brn", "noisy_bn", "lp_bn"} <= set(NORMS)
+
+
+def test_batch_renorm_step_by_hand():
+    """One training step of BRN against a hand computation with r and d away from 1 and 0,
+    not clipped, then clipped (Ioffe 2017, Algorithm 1)."""
+    x = torch.tensor([[1.0, 10.0], [3.0, 14.0], [5.0, 6.0], [7.0, 10.0]])  # per channel: means 4, 10
+    mu_b = torch.tensor([4.0, 10.0])
+    sd_b = torch.sqrt(torch.tensor([5.0, 8.0]) + 1e-5)  # biased variances 5 and 8
+    for r_max, d_max, run_mean, run_sd in [(10.0, 10.0, [3.0, 12.0], [2.0, 4.0]),  # r, d inside the clips
+                                           (1.2, 0.25, [3.0, 12.0], [2.0, 4.0])]:  # both clipped
+        m = BatchRenorm(2, r_max=r_max, d_max=d_max, momentum=0.0, affine=False)
+        with torch.no_grad():
+            m.running_mean.copy_(torch.tensor(run_mean)); m.running_scale.copy_(torch.tensor(run_sd))
+        r = (sd_b / torch.tensor(run_sd)).clamp(1 / r_max, r_max)  # σ_B/σ: > 1 for channel 0, < 1 for 1
+        d = ((mu_b - torch.tensor(run_mean)) / torch.tensor(run_sd)).clamp(-d_max, d_max)  # +0.5, −0.5
+        expect = (x - mu_b) / sd_b * r + d
+        torch.testing.assert_close(m(x), expect)
+        assert r[0] > 1 > r[1] and d[0] > 0 > d[1]  # a swapped ratio or sign would not pass
+
+
+def test_batch_renorm_warm_up_follows_ioffe_scaled_to_the_run():
+    """BN only (r_max = 1, d_max = 0) for the first 10% of the run, then the clips relax
+    linearly to r_max at 60% and d_max at 35% (Ioffe 2017: 5k, 40k and 25k steps)."""
+    m = BatchRenorm(3, r_max=3.0, d_max=5.0)
+    m.set_run_length(1000)
+    x = torch.randn(8, 3) * 0.4 + 0.7
+    seen = {}
+    for step in range(1000):
+        if step in (0, 50, 100, 225, 350, 600, 999):
+            seen[step] = tuple(float(v) for v in m.clips())
+        m(x)
+    assert seen[0] == seen[50] == seen[100] == (1.0, 0.0)
+    assert seen[225] == pytest.approx((1.0 + 2.0 * 0.25, 5.0 * 0.5))  # a quarter and half of the way
+    assert seen[350] == pytest.approx((2.0, 5.0)) and seen[600] == seen[999] == pytest.approx((3.0, 5.0))
+    fresh = BatchRenorm(3)
+    fresh.set_run_length(10)
+    with torch.no_grad():
+        out = fresh(x)  # step 0: plain BN, whatever the running statistics say
+    torch.testing.assert_close(out, F.batch_norm(x, None, None, training=True), rtol=1e-4, atol=1e-4)
+
+
+def test_user_normalizer_from_a_file(tmp_path):
+    """Your own norm class, named 'file.py:Class', with the one constructor signature."""
+    (tmp_path / "mynorms.py").write_text(
+        "import torch\n"
+        "class RMS(torch.nn.Module):\n"
+        "    def __init__(self, num_features, dim=2, eps=1e-6):\n"
+        "        super().__init__(); self.eps = eps\n"
+        "    def forward(self, x):\n"
+        "        return x / x.pow(2).mean(1, keepdim=True).add(self.eps).sqrt()\n")
+    name = f"{tmp_path}/mynorms.py:RMS"
+    layer = create_norm(name, 4, 2, eps=1e-3)
+    assert layer.eps == 1e-3
+    x = torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(layer(x), x / x.pow(2).mean(1, keepdim=True).add(1e-3).sqrt())
+    with pytest.raises(ConfigError, match="unknown option.*epsilon.*allowed: eps"):
+        create_norm(name, 4, 2, epsilon=1)
+    with pytest.raises(ConfigError, match="has no 'Nope'"):
+        create_norm(f"{tmp_path}/mynorms.py:Nope", 4)

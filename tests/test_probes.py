@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from normbench import probes
-from normbench.config import RunConfig
-from normbench.train import train
+from normbench.runners import train
+from normbench.settings import RunConfig
 
 torch.set_default_dtype(torch.float32)
 
@@ -76,7 +76,7 @@ def test_ics_on_a_two_layer_linear_model_matches_hand_computation():
 def test_functional_loss_leaves_network_state_alone():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2))
-    from normbench.norms import BatchNoise
+    from normbench.layers import BatchNoise
     net.insert(2, BatchNoise(6, seed=3))
     x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
     state = {k: v.clone() for k, v in net.state_dict().items()}
@@ -147,3 +147,57 @@ def test_trainer_probes_measure_the_training_loss_and_real_shift():
     ics = m[m.metric == "ics_l2"]
     assert len(ics) == 2 * 3 and (ics.value > 0).all()  # layers after the first: a real shift
     assert (m[m.metric == "ics_cos"].value < 1).all()
+
+
+@pytest.mark.parametrize("opt", ["momentum", "adam"])
+def test_ics_uses_the_optimizers_real_update(opt):
+    """G′ is taken after the earlier layers' *actual* update -- momentum's buffer, Adam's
+    moments -- not after a plain SGD step.  Oracle: a two-layer net, the update written out
+    by hand from the optimizer's state, the gradients by autograd."""
+    from normbench.runners.sgd import get_data
+    from normbench.train import Trainer
+
+    cfg = RunConfig.from_dict(dict(model="mlp", model_options={"depth": 1, "width": 8}, norm="none",
+                                   activation="identity", optimizer=opt, lr=0.05 if opt == "momentum" else 0.01,
+                                   momentum=0.9, batch_size=16, steps=3, eval_every=3, threads=1, probes=["ics"],
+                                   probe_every=1, probe_layers=1))
+    t = Trainer([cfg], get_data(cfg, "cpu"))
+    net = t.models[0]
+    names = [n for n, _ in net.named_parameters()]  # 1.0.weight, 1.0.bias, 2.weight, 2.bias
+    state = {k: None for k in ("buf", "m", "v")}
+    for step in range(3):
+        x, y = t.batch()
+        w = {k: v.detach().clone() for k, v in net.named_parameters()}
+
+        def loss(p):
+            return torch.nn.functional.cross_entropy(torch.func.functional_call(net, p, (x[0],)), y[0])
+
+        wr = {k: v.clone().requires_grad_() for k, v in w.items()}
+        g = dict(zip(names, torch.autograd.grad(loss(wr), list(wr.values()))))
+        new = {}
+        for k in names[:2]:  # the first layer's update, by hand
+            if opt == "momentum":
+                buf = g[k] if state["buf"] is None else 0.9 * state["buf"][k] + g[k]
+                state.setdefault("next_buf", {})[k] = buf
+                new[k] = w[k] - 0.05 * buf
+            else:
+                b1, b2, n = 0.9, 0.999, step + 1
+                m = (1 - b1) * g[k] + (b1 * state["m"][k] if state["m"] is not None else 0)
+                v = (1 - b2) * g[k] ** 2 + (b2 * state["v"][k] if state["v"] is not None else 0)
+                state.setdefault("next_m", {})[k], state.setdefault("next_v", {})[k] = m, v
+                new[k] = w[k] - 0.01 * (m / (1 - b1 ** n)) / ((v / (1 - b2 ** n)).sqrt() + 1e-8)
+        for a in ("buf", "m", "v"):
+            if f"next_{a}" in state:
+                state[a] = state.pop(f"next_{a}")
+        mixed = {**w, **new}
+        mr = {k: v.clone().requires_grad_() for k, v in mixed.items()}
+        g2 = dict(zip(names, torch.autograd.grad(loss(mr), list(mr.values()))))
+        G = torch.cat([g[k].flatten() for k in names[2:]]).double()
+        Gp = torch.cat([g2[k].flatten() for k in names[2:]]).double()
+        t.probing.step(x, y)
+        rows = {r["metric"]: r["value"] for r in t.recs[0].rows if r["step"] == step and r["split"] == "probe"}
+        assert rows["ics_l2"] == pytest.approx(float((G - Gp).norm()), rel=1e-4, abs=1e-7)
+        assert rows["ics_cos"] == pytest.approx(float(G @ Gp / (G.norm() * Gp.norm())), rel=1e-5)
+        sgd = {k: w[k] - cfg.lr * g[k] for k in names[:2]}  # what a plain SGD step would have given
+        assert not all(torch.allclose(sgd[k], new[k]) for k in sgd) or (opt == "momentum" and step == 0)
+        t.step += 1

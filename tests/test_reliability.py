@@ -16,17 +16,19 @@ import pytest
 import torch
 import yaml
 
-from normbench.config import RunConfig
-from normbench.data import cached_tensors
-from normbench.store import IncompleteRun, METRICS_SCHEMA, SUMMARY_SCHEMA, read_runs
-from normbench.train import Trainer, get_data, train
+from normbench.errors import IncompleteRun
+from normbench.mirrors import cached_tensors
+from normbench.runners import train
+from normbench.runners.sgd import get_data
+from normbench.settings import RunConfig
+from normbench.store import METRICS_SCHEMA, SUMMARY_SCHEMA, read_runs
+from normbench.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = ["wall_time_s", "train_time_s", "probe_time_s"]
 
 
 def solo_cfg(**kw):
-    # adam keeps runs out of vectorized packs: the solo loop is the one that checkpoints
     return {**dict(model="mlp", model_options={"depth": 2, "width": 16}, norm="noisy_bn", optimizer="adam",
                    lr=0.003, batch_size=8, steps=1500, eval_every=100, threads=1, checkpoint_every=25), **kw}
 
@@ -41,13 +43,29 @@ def test_checkpoint_resume_is_exact(tmp_path):
     cfg = RunConfig.from_dict(solo_cfg(steps=120, eval_every=20, checkpoint_every=30))
     full = train(cfg).metrics
     ck = tmp_path / "ck.pt"
-    t = Trainer(cfg, get_data(cfg, "cpu"), ck)
+    t = Trainer([cfg], get_data(cfg, "cpu"), ck)
     t.total = 70  # stop early, as an interrupted job would (after the checkpoint at 60)
     t.run()
     assert ck.exists()
-    resumed = Trainer(cfg, get_data(cfg, "cpu"), ck)
+    resumed = Trainer([cfg], get_data(cfg, "cpu"), ck)
     assert resumed.step == 60
-    same_metrics(resumed.run().metrics, full)
+    same_metrics(resumed.run()[0].metrics, full)
+
+
+def test_a_vectorized_pack_resumes_exactly_too(tmp_path):
+    """Packs checkpoint every member (parameters, per-member BN statistics, noise streams,
+    the optimizer): an interrupted pack continues, it does not restart."""
+    cfgs = [RunConfig.from_dict(solo_cfg(optimizer="momentum", lr=lr, seed=s, steps=90, eval_every=30,
+                                         checkpoint_every=20)) for lr, s in ((0.01, 0), (0.03, 1))]
+    full = [r.metrics for r in Trainer(cfgs, get_data(cfgs[0], "cpu")).run()]
+    ck = tmp_path / "pack.pt"
+    t = Trainer(cfgs, get_data(cfgs[0], "cpu"), ck)
+    t.total = 50
+    t.run()
+    resumed = Trainer(cfgs, get_data(cfgs[0], "cpu"), ck)
+    assert resumed.step == 40
+    for a, b in zip(resumed.run(), full):
+        same_metrics(a.metrics, b)
 
 
 # -- through Snakemake -----------------------------------------------------------
@@ -98,7 +116,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def _checkpoints(wd):
-    return list((wd / "results/lr_bs_sweep/checkpoints").rglob("checkpoint.pt"))
+    return list((wd / "results/lr_bs_sweep/checkpoints").rglob("*.pt"))
 
 
 def _job_process(snake: subprocess.Popen):
@@ -139,7 +157,7 @@ def test_sigterm_writes_a_checkpoint_and_the_job_resumes(tmp_path, uninterrupted
     # the job checkpointed and exited; the rule's retries started it again and it resumed
     # from that checkpoint (periodic checkpoints are off: only the SIGTERM handler wrote one)
     assert p.returncode == 0, out[-3000:]
-    resumed = re.search(r"resumed from \S+checkpoint.pt at step (\d+)", log())
+    resumed = re.search(r"resumed from \S+\.pt at step (\d+)", log())
     assert resumed and int(resumed.group(1)) >= 200
     assert "Error in rule train" in out, out[-3000:]  # the SIGTERMed attempt failed, and was retried
     same_metrics(study_metrics(wd), uninterrupted)
@@ -164,7 +182,7 @@ store.write_parquet(pd.DataFrame({"a": [1]}), sys.argv[1])
 
 
 def test_killed_while_writing_parquet_leaves_no_partial_file(tmp_path):
-    run = tmp_path / "runs/seed=0"
+    run = tmp_path / "runs/seed~0"
     target = run / "summary.parquet"
     p = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target)], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "writing"
@@ -173,22 +191,22 @@ def test_killed_while_writing_parquet_leaves_no_partial_file(tmp_path):
     p.wait()
     assert not target.exists()  # only a hidden temporary is left behind
     assert [f.name.startswith(".") for f in run.iterdir()] == [True]
-    with pytest.raises(IncompleteRun, match=f"run {run} has no summary.parquet"):
-        read_runs([run], "summary.parquet", SUMMARY_SCHEMA)
+    with pytest.raises(IncompleteRun, match=f"{target} is missing: that run did not finish"):
+        read_runs([target], SUMMARY_SCHEMA)
     # the re-run writes it whole, and aggregation is complete
     res = train(RunConfig.from_dict(dict(model="mlp", model_options={"depth": 1, "width": 8}, norm="bn",
                                          steps=4, eval_every=2, threads=1)))
-    res.write(run)
-    assert read_runs([run], "summary.parquet", SUMMARY_SCHEMA).num_rows == 1
-    assert read_runs([run], "metrics.parquet", METRICS_SCHEMA).num_rows == len(res.metrics)
+    res.write({"summary": target, "metrics": run / "metrics.parquet"})
+    assert read_runs([target], SUMMARY_SCHEMA).num_rows == 1
+    assert read_runs([run / "metrics.parquet"], METRICS_SCHEMA).num_rows == len(res.metrics)
 
 
 def test_unreadable_run_file_is_refused_with_its_path(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
     (run / "summary.parquet").write_bytes(b"not parquet")
-    with pytest.raises(IncompleteRun, match=f"run {run}: .*summary.parquet is unreadable"):
-        read_runs([run], "summary.parquet", SUMMARY_SCHEMA)
+    with pytest.raises(IncompleteRun, match=f"{run}/summary.parquet is unreadable"):
+        read_runs([run / "summary.parquet"], SUMMARY_SCHEMA)
 
 
 # -- concurrency -------------------------------------------------------------------
@@ -216,7 +234,7 @@ def test_two_packs_write_into_one_study_without_collisions(tmp_path):
     def job(lr):
         return {"config": RunConfig.from_dict(dict(model="mlp", model_options={"depth": 1, "width": 8}, norm="bn",
                                                    lr=lr, steps=6, eval_every=3, threads=1)).to_dict(),
-                "out": str(tmp_path / f"runs/lr={lr}")}
+                "files": {k: str(tmp_path / f"runs/{k}/lr~{lr}.parquet") for k in ("summary", "metrics")}}
 
     from normbench.pack import run_pack
 
@@ -226,7 +244,7 @@ def test_two_packs_write_into_one_study_without_collisions(tmp_path):
         t.start()
     for t in ps:
         t.join()
-    s = read_runs([tmp_path / "runs/lr=0.1", tmp_path / "runs/lr=0.2"], "summary.parquet", SUMMARY_SCHEMA)
+    s = read_runs([tmp_path / f"runs/summary/lr~{lr}.parquet" for lr in (0.1, 0.2)], SUMMARY_SCHEMA)
     assert sorted(s.column("lr").to_pylist()) == [0.1, 0.2]
 
 
@@ -245,11 +263,11 @@ def test_checkpoints_and_caches_never_execute_code(tmp_path, monkeypatch):
     torch.save({"step": 3, "payload": Evil()}, ck)
     cfg = RunConfig.from_dict(dict(model="mlp", model_options={"depth": 1, "width": 8}, norm="bn", steps=4))
     with pytest.raises(Exception, match="[Ww]eights only"):
-        Trainer(cfg, get_data(cfg, "cpu"), ck)
+        Trainer([cfg], get_data(cfg, "cpu"), ck)
     cache = tmp_path / "digits/normbench-cache.pt"
     cache.parent.mkdir()
     torch.save({"x": Evil()}, cache)
-    from normbench.data import DataError
+    from normbench.errors import DataError
 
     with pytest.raises(DataError, match="unreadable"):
         cached_tensors("digits", tmp_path, lambda: {})

@@ -1,6 +1,8 @@
-"""The Snakemake pipeline: dry-runs of every shipped config, lint, a tiny real run."""
+"""The Snakemake pipeline: dry-runs of every shipped config, lint and format, a tiny real run,
+a normalizer and a study from outside the package, the workflow as a module of another."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,7 +21,7 @@ CONFIGS = [ROOT / "config/config.yaml"] + sorted((ROOT / "config/experiments").g
 
 TINY = {
     "device": "cpu", "threads": 1,
-    "norms": {"bn": {"type": "bn"}, "gn": {"type": "gn", "options": {"groups": 4}}},
+    "norms": {"gn": {"type": "gn", "options": {"groups": 4}}},
     "models": {"tiny": {"type": "vgg", "options": {"layers": [8, "M"]}}},
     "train": {"steps": 20, "eval_every": 10},
     "studies": {
@@ -29,9 +31,9 @@ TINY = {
 }
 
 
-def run_snakemake(workdir: Path, *args, timeout=600):
-    return subprocess.run(SNAKEMAKE + ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-                                       *args], capture_output=True, text=True, timeout=timeout)
+def run_snakemake(workdir: Path, *args, timeout=600, snakefile=ROOT / "Snakefile", env=None):
+    return subprocess.run(SNAKEMAKE + ["--snakefile", str(snakefile), "--directory", str(workdir), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def workdir_with(tmp_path: Path, config: dict) -> Path:
@@ -43,7 +45,7 @@ def workdir_with(tmp_path: Path, config: dict) -> Path:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_dry_run_every_shipped_config(config, tmp_path):
-    args = ["-n", "--quiet", "rules"]
+    args = ["-n", "--quiet", "rules", "--cores", "1"]
     if config.name != "config.yaml":
         args += ["--configfile", str(config)]
     shutil.copytree(ROOT / "config", tmp_path / "config")
@@ -54,7 +56,8 @@ def test_dry_run_every_shipped_config(config, tmp_path):
 
 def test_experiment_configfile_replaces_the_default(tmp_path):
     shutil.copytree(ROOT / "config", tmp_path / "config")
-    p = run_snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config/experiments/bjorck_resnet110.yaml"))
+    p = run_snakemake(tmp_path, "-n", "--cores", "1", "--configfile",
+                      str(ROOT / "config/experiments/bjorck_resnet110.yaml"))
     assert p.returncode == 0, p.stderr
     assert "results/bjorck/summary.parquet" in p.stdout
     assert "results/lr_bs_sweep" not in p.stdout  # the default's studies are not merged in
@@ -67,12 +70,23 @@ def test_lint_is_clean(tmp_path):
     assert "Lints for" not in p.stdout + p.stderr
 
 
-def test_bad_config_fails_before_any_job(tmp_path):
+def test_snakefmt_is_clean():
+    files = [ROOT / "Snakefile", *sorted((ROOT / "workflow/rules").glob("*.smk"))]
+    p = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "--line-length", "120", *map(str, files)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_bad_config_fails_before_any_job_in_one_line(tmp_path):
     bad = {**TINY, "studies": {"lr_bs_sweep": {"grid": {**TINY["studies"]["lr_bs_sweep"]["grid"],
                                                          "norm": ["bn", "batchnorm"]}}}}
     p = run_snakemake(workdir_with(tmp_path, bad), "--cores", "1")
     assert p.returncode != 0
-    assert "studies.lr_bs_sweep.grid.norm: 'batchnorm' is neither a norms entry nor a registry type" in p.stderr
+    err = p.stderr.strip().splitlines()
+    assert err[-1] == ("normbench: config error in config/config.yaml: studies.lr_bs_sweep.grid.norm: norm type "
+                       "'batchnorm' is unknown; valid: bn, brn, gn, in, ln, lp_bn, noisy_bn, none, sn, wn (or "
+                       "'package.module:Name' for your own); or an entry under norms: gn")
+    assert "Traceback" not in p.stderr and "common.smk" not in p.stderr
     assert not (tmp_path / "results").exists()
 
 
@@ -91,15 +105,25 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     # recorded steps 0, 10, 20: test loss+acc at each, train loss+acc at 10 and 20
     assert len(m) == grid * (3 * 2 + 2 * 2)
     assert m.groupby(["norm", "lr", "seed"]).size().eq(10).all()
-    # two packs (bn, gn), each a log and a benchmark
-    assert len(list((wd / "logs/train").rglob("*.log"))) == 2
-    # a second run has nothing to do
+    assert len(list((wd / "logs/train").rglob("*.log"))) == 2  # two packs (bn, gn), a log each
     p = run_snakemake(wd, "--cores", "2", "-n", "results/lr_bs_sweep/summary.parquet")
-    assert p.returncode == 0 and "Nothing to be done" in p.stdout + p.stderr
-    # the reports and the self-contained HTML report, with the study's category and data-driven captions
+    assert p.returncode == 0 and "Nothing to be done" in p.stdout + p.stderr  # a second run has nothing to do
+    # the claims, the reports and the self-contained HTML report
     p = run_snakemake(wd, "--cores", "2")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "useful-compute fraction" not in p.stdout + p.stderr  # only reports ran: nothing to measure
+    claims = pq.read_table(wd / "results/lr_bs_sweep/claims.parquet").to_pandas()
+    assert list(claims.claim) == ["bn_larger_lr"] and claims.verdict.iloc[0] in ("reproduced", "not reproduced",
+                                                                                  "inconclusive")
+    index = (wd / "reports/index.md").read_text()
+    assert index.index("bn_larger_lr") < index.index("## Studies") if "bn_larger_lr" in index else True
+    assert "| study" in index.split("## Studies")[0]  # the claims table tops the index
+    # captions are declared outputs: a deleted one is rebuilt, not a broken --report
+    shutil.rmtree(wd / "reports/lr_bs_sweep/captions")
+    p = run_snakemake(wd, "--cores", "1", "-n")
+    assert "report_lr_bs_sweep" in p.stdout, p.stdout[-2000:]
+    p = run_snakemake(wd, "--cores", "2")
+    assert p.returncode == 0 and (wd / "reports/lr_bs_sweep/captions/heatmaps.rst").exists()
     p = run_snakemake(wd, "--cores", "1", "--report", "reports/report.html")
     assert p.returncode == 0, p.stderr[-3000:]
     html = (wd / "reports/report.html").read_text()
@@ -108,3 +132,109 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert escaped("Learning rate × batch size") in html and escaped("largest lr at which every seed trained") in html
     assert finding.startswith("largest lr at which every seed trained")
     assert "<script src=\"http" not in html  # opens offline
+    for ext in ("png", "svg"):
+        assert (wd / f"reports/lr_bs_sweep/heatmaps.{ext}").stat().st_size > 0
+
+
+USER_NORM = '''
+import torch
+
+
+class RMSNorm2d(torch.nn.Module):
+    """Root-mean-square normalization over channels, per position (no centring)."""
+
+    def __init__(self, num_features, dim=2, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.ones(num_features))
+
+    def forward(self, x):
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x / x.pow(2).mean(1, keepdim=True).add(self.eps).sqrt() * self.weight.view(shape)
+'''
+
+
+@pytest.mark.slow
+def test_a_normalizer_from_a_file_outside_the_package_runs_through_a_study(tmp_path):
+    """The README's example: your own norm class, named in the config, no edit to normbench."""
+    (tmp_path / "mynorms.py").write_text(USER_NORM)
+    config = {**TINY, "norms": {"rms": {"type": "mynorms.py:RMSNorm2d", "options": {"eps": 1e-5}}},
+              "studies": {"lr_bs_sweep": {"grid": {**TINY["studies"]["lr_bs_sweep"]["grid"], "norm": ["bn", "rms"],
+                                                   "lr": [0.1], "seed": [0]}}}}
+    wd = workdir_with(tmp_path, config)
+    p = run_snakemake(wd, "--cores", "2", "results/lr_bs_sweep/summary.parquet")
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = pq.read_table(wd / "results/lr_bs_sweep/summary.parquet").to_pandas().set_index("norm")
+    assert s.loc["rms", "norm_type"] == "mynorms.py:RMSNorm2d" and json.loads(s.loc["rms", "norm_options"]) == {"eps": 1e-5}
+    assert s.loc["rms", "final_test_acc"] > 0.3  # it trained (chance: 0.1)
+    # a typo in its option is caught before any job, like a built-in's
+    config["norms"]["rms"]["options"] = {"epsilon": 1e-5}
+    p = run_snakemake(workdir_with(tmp_path, config), "--cores", "1", "-n")
+    assert p.returncode != 0 and "norms.rms: norm 'mynorms.py:RMSNorm2d': unknown option(s) epsilon" in p.stderr
+
+
+TOY_STUDY = '''
+"""A toy study: does BN beat GN on digits in a few steps?"""
+from ..analysis import paired, summarize
+from ..claims import Claim, greater
+from ..report import Report
+from ..study import Study
+
+
+def build(s, m):
+    r = Report(STUDY)
+    t = summarize(s, ["norm_type"], "final_test_acc")
+    r.finding = f"{len(s)} runs"
+    r.table("accuracy", t, "Test accuracy per norm.")
+    return r
+
+
+def _bn_beats_gn(s, m):
+    return greater(paired(s, "final_test_acc", "norm_type", "bn", "gn", ["seed"]), "test accuracy, BN − GN")
+
+
+STUDY = Study(name="toy", title="A toy study", question="BN or GN?", source="nobody", build=build,
+              tables={"accuracy": "norm"}, figures={},
+              claims=(Claim("bn_beats_gn", "BN beats GN", "a toy", _bn_beats_gn),))
+'''
+
+
+@pytest.mark.slow
+def test_adding_a_study_is_one_new_module_plus_config(tmp_path):
+    """A copy of the workflow with one new file in normbench/studies/ and a config block runs the
+    study end to end: training, claims, report, index -- no other package file changes."""
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "workflow", repo / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "Snakefile", repo / "Snakefile")
+    before = {p.relative_to(repo): p.read_bytes() for p in (repo / "workflow/normbench").rglob("*.py")}
+    (repo / "workflow/normbench/studies/toy.py").write_text(TOY_STUDY)
+    config = {**TINY, "studies": {"toy": {"grid": {"model": ["tiny"], "dataset": ["digits"], "norm": ["bn", "gn"],
+                                                   "batch_size": [16], "lr": [0.1], "seed": [0, 1, 2]}}}}
+    wd = workdir_with(tmp_path / "wd", config)
+    env = {**os.environ, "PYTHONPATH": str(repo / "workflow")}  # the copy's package, not the installed one
+    p = run_snakemake(wd, "--cores", "2", snakefile=repo / "Snakefile", env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    claims = pq.read_table(wd / "results/toy/claims.parquet").to_pandas()
+    assert list(claims.claim) == ["bn_beats_gn"]
+    assert "A toy study" in (wd / "reports/index.md").read_text()
+    assert (wd / "reports/toy/accuracy.csv").exists()
+    after = {p.relative_to(repo): p.read_bytes() for p in (repo / "workflow/normbench").rglob("*.py")}
+    assert set(after) - set(before) == {Path("workflow/normbench/studies/toy.py")}
+    assert all(after[k] == v for k, v in before.items())
+
+
+@pytest.mark.slow
+def test_the_workflow_as_a_module_of_another(tmp_path):
+    """An outer Snakefile that uses normbench as a module (from a path) runs a small study."""
+    outer = tmp_path / "outer"
+    workdir_with(outer, {"normbench": TINY})
+    (outer / "Snakefile").write_text(
+        f'configfile: "config/config.yaml"\n\n\n'
+        f'module normbench:\n    snakefile:\n        "{ROOT / "Snakefile"}"\n    config:\n        config["normbench"]\n\n\n'
+        f'use rule * from normbench as normbench_*\n\n\n'
+        f'rule all:\n    input:\n        "results/lr_bs_sweep/summary.parquet",\n        "reports/index.md",\n'
+        f'    default_target: True\n')
+    p = run_snakemake(outer, "--cores", "2", snakefile=outer / "Snakefile")
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    s = pq.read_table(outer / "results/lr_bs_sweep/summary.parquet").to_pandas()
+    assert len(s) == 8 and (outer / "reports/lr_bs_sweep/README.md").exists()

@@ -7,16 +7,21 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from normbench.config import RunConfig
-from normbench.norms import ConfigError
+from normbench.errors import ConfigError
+from normbench.runners import train as run_train
+from normbench.settings import RunConfig
 from normbench.store import METRICS_SCHEMA, SUMMARY_SCHEMA
-from normbench.train import train
 
 DESIGN_SUMMARY = ["study", "model", "dataset", "norm", "placement", "activation", "lr", "batch_size", "seed",
                   "final_test_acc", "final_test_loss", "best_test_acc", "final_train_loss", "diverged",
                   "diverged_step", "steps", "wall_time_s"]
 DESIGN_METRICS = ["step", "epoch", "examples", "split", "metric", "layer", "value", "wall_time_s"]
 VOLATILE = ["wall_time_s", "train_time_s", "probe_time_s"]
+
+
+def train(cfg, out=None):
+    """One run; its files written into ``out`` (a folder) if given."""
+    return run_train(cfg, {k: out / f"{k}.parquet" for k in ("summary", "metrics")} if out else None)
 
 
 def small(**kw):
@@ -54,12 +59,27 @@ def test_divergence_is_recorded_not_raised(tmp_path):
     s = pd.read_parquet(tmp_path / "summary.parquet").iloc[0]
     assert bool(s.diverged) and 0 <= s.diverged_step < 10
     assert s.steps == 10  # stopped at the first eval point after diverging
-    assert res.diverged
+    assert res.diverged and not s.collapsed  # diverged runs are not also called collapsed
+
+
+def test_a_run_that_ends_at_chance_is_collapsed_not_diverged():
+    """Finite loss, chance accuracy: collapsed (a sigmoid net with tiny weights that cannot move)."""
+    s = train(small(norm="none", activation="sigmoid", init="normal", init_std=1e-4, lr=1e-4, steps=20)).summary
+    assert not s["diverged"] and s["collapsed"] and s["chance_acc"] == 0.1
+    assert s["final_test_acc"] < 0.1 + 3 * (0.1 * 0.9 / 360) ** 0.5
+    assert not train(small(steps=60)).summary["collapsed"]  # BN trains: not collapsed
 
 
 def test_loss_bound_counts_as_divergence():
     res = train(small(diverge_loss=0.5, steps=20))
     assert res.summary["diverged"] and res.summary["diverged_step"] == 0
+
+
+def test_float64_runs_in_float64():
+    r = train(RunConfig.from_dict(dict(model="dln", model_options={"depth": 3, "width": 10}, dataset="synthetic_linear",
+                                       norm="bn", activation="identity", lr=1e-3, batch_size=100, steps=3,
+                                       eval_every=3, dtype="float64")))
+    assert r.summary["final_test_loss"] > 0
 
 
 def test_steps_to_target_and_regression_task():
@@ -68,7 +88,17 @@ def test_steps_to_target_and_regression_task():
     assert s["examples_to_target"] == s["steps_to_target"] * 16
     r = train(RunConfig.from_dict(dict(model="dln", dataset="synthetic_linear", norm="none", activation="identity",
                                         lr=1e-3, batch_size=1000, steps=5, eval_every=5))).summary
-    assert pd.isna(r["final_test_acc"]) and r["final_test_loss"] > 0
+    assert pd.isna(r["final_test_acc"]) and r["final_test_loss"] > 0 and not r["collapsed"]
+
+
+def test_summed_loss_trains_on_the_sum_and_reports_the_mean():
+    """loss_sum: the gradient of Σ‖ŷ − y‖² is the mean loss's times the number of terms; what is
+    recorded stays the mean per output, comparable with a mean-loss run."""
+    base = dict(model="dln", model_options={"depth": 3, "width": 10}, dataset="synthetic_linear", norm="none",
+                activation="identity", batch_size=1000, steps=1, eval_every=1, dtype="float64", init="glorot")
+    mean = train(RunConfig.from_dict({**base, "lr": 1e-2})).metrics
+    summed = train(RunConfig.from_dict({**base, "lr": 1e-2 / (1000 * 10), "loss_sum": True})).metrics
+    pd.testing.assert_series_equal(mean.value, summed.value, rtol=1e-9, check_exact=False)
 
 
 @pytest.mark.parametrize("opt,sched", [("momentum", "step"), ("adam", "cosine")])

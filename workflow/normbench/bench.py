@@ -25,22 +25,17 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from .config import default_config_path, load
+
 THREADS = 1  # every variant on one thread: the pipeline's default, and a fair comparison
 ENV = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
-
-
-def _default_config() -> dict:
-    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-
-
-def _cnn_layers(config: dict) -> list:
-    return config["models"]["cnn"]["options"]["layers"]
+CNN = [16, 16, "M", 32, 32, "M"]  # the digits CNN timed in (a)
+STEPS, EVAL_EVERY = 250, 25
 
 
 def _timed(cmd: list[str]) -> float:
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} … failed:\n{p.stderr[-2000:]}")
     return time.perf_counter() - t
@@ -71,7 +66,8 @@ def runs_per_hour(layers, bs: int, steps: int, eval_every: int, reps: int, workd
         lean.append(_timed([py, "-m", "normbench.cli", "train", "--config", str(cfg), "--out",
                             str(workdir / f"lean{bs}_{i}")]))
     jobs = [{"config": {**_run_cfg(layers, lr, s, bs, steps, eval_every), "study": "bench"},
-             "out": str(workdir / f"packed{bs}" / f"lr{lr}_s{s}")} for lr in lrs for s in seeds]
+             "files": {k: str(workdir / f"packed{bs}" / f"lr{lr}_s{s}" / f"{k}.parquet") for k in ("summary", "metrics")}}
+            for lr in lrs for s in seeds]
     spec = workdir / f"pack{bs}.json"
     spec.write_text(json.dumps({"jobs": jobs}))
     packed = _timed([py, "-c", f"from normbench.bench import packed_child; packed_child({str(spec)!r})"])
@@ -79,28 +75,37 @@ def runs_per_hour(layers, bs: int, steps: int, eval_every: int, reps: int, workd
     return {k: 3600.0 / v for k, v in per.items()}
 
 
+def probed_run(config: dict):
+    """The default config's first conv-net run with landscape probes (BN), and its twin without."""
+    import copy
+
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.from_config(config, check_files=False)
+    for name, st in pipe.studies.items():
+        for row in st.runs.to_dict("records"):
+            cfg = pipe.run_config(name, row)
+            if "landscape" in cfg.probes and cfg.norm_kind == "bn" and cfg.model_kind == "vgg":
+                off = copy.deepcopy(cfg)
+                off.probes, off.probe_every = [], 0
+                return cfg, off
+    raise ValueError("the default config has no probed conv-net run")
+
+
 def probe_overhead(config: dict, pairs: int = 6) -> dict:
-    """One santurkar run with probes at the default interval vs the same run
-    without, measured two ways: the probes' own time against the training time
-    of the same run (no run-to-run noise), and the wall-time ratio of the two
-    runs, the median over pairs timed back to back in alternating order (this
-    machine's run-to-run noise is itself ±10%, so one pair, or a ratio of
-    minima, says little)."""
+    """One probed run at the default config's interval vs the same run without,
+    measured two ways: the probes' own time against the training time of the same
+    run (no run-to-run noise), and the wall-time ratio of the two runs, the median
+    over pairs timed back to back in alternating order (this machine's run-to-run
+    noise is itself ±10%, so one pair, or a ratio of minima, says little)."""
     import statistics
 
     import torch
 
-    from .pipeline import load_config
-    from .train import train
+    from .runners import train
 
     torch.set_num_threads(THREADS)
-    pipe = load_config(config, check_files=False)
-    runs = pipe.studies["santurkar"].runs
-    vgg = runs[(runs._grid == 0) & (runs.norm == "bn")]  # the VGG grid, not the deep linear net
-    row = vgg.iloc[len(vgg) // 2]
-    on = pipe.run_config("santurkar", row.to_dict())
-    off = pipe.run_config("santurkar", row.to_dict())
-    off.probes, off.probe_every = [], 0
+    on, off = probed_run(config)
     ratios, inside, t_on, t_off = [], [], [], []
     for i in range(pairs):
         t = {}
@@ -113,39 +118,22 @@ def probe_overhead(config: dict, pairs: int = 6) -> dict:
         ratios.append(t["on"] / t["off"])
         t_on.append(t["on"])
         t_off.append(t["off"])
-    return {"probe_every": on.probe_every, "steps": on.steps, "model": on.model, "pairs": pairs,
+    return {"probe_every": on.probe_every, "steps": on.steps, "model": on.model, "study": on.study, "pairs": pairs,
             "t_on": statistics.median(t_on), "t_off": statistics.median(t_off),
             "overhead": statistics.median(ratios) - 1, "inside": statistics.median(inside)}
 
 
-def pipeline_stats(results: str | Path, wall: float, cores: int, since: float = 0.0) -> dict | None:
-    """Useful-compute fraction of a pipeline run: Σ run wall time (training, eval,
-    probes) of the packs finished after ``since`` ÷ (cores × wall)."""
-    import pyarrow.parquet as pq
-
-    useful, runs = 0.0, 0
-    for marker in Path(results).glob("*/packs/**/pack.json"):
-        if marker.stat().st_mtime < since:
-            continue
-        for run in json.loads(marker.read_text())["runs"]:
-            f = Path(run) / "summary.parquet"
-            if not f.is_absolute():
-                f = Path(results).parent / f
-            if f.exists():
-                useful += float(pq.read_table(f, columns=["wall_time_s"]).column(0)[0].as_py())
-                runs += 1
-    if not runs:
-        return None
-    return {"runs": runs, "wall_s": wall, "cores": cores, "useful_s": useful, "fraction": useful / (cores * wall)}
-
-
 def pipeline_fraction(cores: int = 2) -> dict:
     """Run the default pipeline afresh in a scratch directory and measure it."""
+    from .launcher import find_snakefile
+    from .pack import pipeline_stats
+
+    snakefile = find_snakefile(Path.cwd())
     with tempfile.TemporaryDirectory(prefix="normbench-bench-") as tmp:
-        shutil.copytree(ROOT / "config", Path(tmp) / "config")
+        shutil.copytree(snakefile.parent / "config", Path(tmp) / "config")
         start = time.time()
         t = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+        p = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(snakefile),
                             "--directory", tmp, "--cores", str(cores), "--quiet", "all"],
                            capture_output=True, text=True)
         wall = time.perf_counter() - t
@@ -158,10 +146,9 @@ def pipeline_fraction(cores: int = 2) -> dict:
 def main(args) -> int:
     import torch
 
-    config = _default_config()
-    layers = _cnn_layers(config)
-    steps = 50 if args.quick else config["studies"]["lr_bs_sweep"]["train"]["steps"]
-    eval_every = config["studies"]["lr_bs_sweep"]["train"].get("eval_every", 25)
+    config = load(default_config_path())
+    layers = CNN
+    steps, eval_every = (50 if args.quick else STEPS), EVAL_EVERY
     reps = 1 if args.quick else 2
     out = print
     out(f"normbench bench — {platform.node()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -184,7 +171,7 @@ def main(args) -> int:
     else:
         out("(b) default pipeline: skipped in quick mode (run `normbench bench` to measure it)")
     po = probe_overhead(config, pairs=2 if args.quick else 6)
-    out(f"(c) probe overhead, santurkar {po['model']} + BN, {po['steps']} steps, probes every {po['probe_every']}: "
+    out(f"(c) probe overhead, {po['study']} {po['model']} + BN, {po['steps']} steps, probes every {po['probe_every']}: "
         f"probes' time ÷ training time of the same run +{100 * po['inside']:.0f}%; wall time with vs without, "
         f"median of {po['pairs']} alternating pairs: {po['t_on']:.2f} s vs {po['t_off']:.2f} s → "
         f"{100 * po['overhead']:+.0f}%")

@@ -1,4 +1,9 @@
-"""``normbench train | download | aggregate | report | bench``."""
+"""normbench: what normalization layers do to training, measured.
+
+Commands: train one run, download a dataset, aggregate run files into per-study
+Parquet, rebuild the claims and reports from results, benchmark the training
+loop.  The whole pipeline runs through Snakemake (see the README).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from . import __version__
+from .errors import ConfigError, DataError, IncompleteRun
 
 
 def _progress(prefix: str = ""):
@@ -32,53 +38,64 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .config import RunConfig
-    from .train import Preempted, train
+    from .runners import RUNNERS, train
+    from .settings import RunConfig
+    from .train import Preempted
 
     overrides = _parse_set(args.set)
     cfg = RunConfig.from_yaml(args.config, overrides) if args.config else RunConfig.from_dict(overrides)
+    RUNNERS.get(cfg.runner).check(cfg)
     out = Path(args.out)
     say = _progress()
     say(f"training {cfg.model} / {cfg.norm} on {cfg.dataset}: lr {cfg.lr}, batch {cfg.batch_size}, seed {cfg.seed}")
     try:
-        res = train(cfg, out, args.checkpoint, progress=say)
+        res = train(cfg, {k: out / f"{k}.parquet" for k in ("summary", "metrics")},
+                    Path(args.checkpoint_dir) if args.checkpoint_dir else None, say)
     except Preempted as e:
         say(str(e))
         return 143
     s = res.summary
-    say(f"done: final test acc {s['final_test_acc']:.4f}, loss {s['final_test_loss']:.4g}, "
-        f"diverged {s['diverged']}, {s['wall_time_s']:.1f}s -> {out}/summary.parquet")
+    say(f"done: final test acc {s['final_test_acc']:.4f}, loss {s['final_test_loss']:.4g}, diverged {s['diverged']}, "
+        f"collapsed {s['collapsed']}, {s['wall_time_s']:.1f}s -> {out}/summary.parquet")
     return 0
 
 
 def cmd_download(args) -> int:
-    from .data import TORCHVISION, download
+    from .mirrors import SOURCES, download
 
     for name in args.names:
-        if name not in TORCHVISION:
-            raise ConfigError(f"dataset {name!r} is not downloadable; choose from {', '.join(TORCHVISION)}")
+        if name not in SOURCES:
+            raise ConfigError(f"dataset {name!r} is not downloadable; choose from {', '.join(SOURCES)}")
         download(name, args.data_dir)
         print(f"{name}: downloaded and verified under {args.data_dir}/{name}")
     return 0
 
 
 def cmd_aggregate(args) -> int:
-    from .pipeline import aggregate_study, load_config
+    from .config import default_config_path
+    from .pipeline import aggregate_study, load_pipeline
 
-    cfg = load_config(args.config)
-    studies = args.studies or list(cfg.studies)
-    for name in studies:
-        n_runs, n_rows = aggregate_study(cfg, name, args.results)
-        print(f"{name}: {n_runs} runs, {n_rows} metric rows")
+    pipe = load_pipeline(args.config or default_config_path(), args.results, check_files=False)
+    for name in args.studies or list(pipe.studies):
+        if name not in pipe.studies:
+            raise ConfigError(f"study {name!r} is not enabled in the config; enabled: {', '.join(pipe.studies)}")
+        n_runs, n_rows = aggregate_study(pipe, name)
+        print(f"{name}: {n_runs} runs, {n_rows} metric rows -> {args.results}/{name}/")
     return 0
 
 
 def cmd_report(args) -> int:
-    from .reports import build_all
+    from .publish import build_all
 
     for path in build_all(args.results, args.out, args.studies):
         print(path)
     return 0
+
+
+def cmd_run(args, extra: list[str]) -> int:
+    from .launcher import run
+
+    return run(args.configfile, args.snakefile, extra, report=not args.no_report)
 
 
 def cmd_bench(args) -> int:
@@ -88,55 +105,73 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="normbench", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="normbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"normbench {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train one run and write its Parquet files")
-    t.add_argument("--config", help="YAML file with run settings (see normbench.config.RunConfig)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting (repeatable)")
-    t.add_argument("--out", default="results/adhoc/run", help="output folder")
-    t.add_argument("--checkpoint", help="resumable checkpoint path (kept until the run finishes)")
+    t = sub.add_parser("train", help="train one run and write its Parquet files", formatter_class=fmt,
+                       description="Train one run (settings: normbench.settings.RunConfig) and write "
+                                   "summary.parquet and metrics.parquet into --out.")
+    t.add_argument("--config", metavar="FILE", help="YAML file of run settings")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="set one run setting (repeatable), "
+                   "e.g. --set norm=gn --set lr=0.05")
+    t.add_argument("--out", default="results/adhoc/run", metavar="DIR", help="folder for the run's two files")
+    t.add_argument("--checkpoint-dir", metavar="DIR", help="keep a resumable checkpoint here until the run finishes")
     t.set_defaults(func=cmd_train)
 
-    d = sub.add_parser("download", help="download torchvision datasets (needs network)")
-    d.add_argument("names", nargs="+")
-    d.add_argument("--data-dir", default="resources")
+    d = sub.add_parser("download", help="download torchvision datasets (needs network)", formatter_class=fmt,
+                       description="Download, verify and place datasets for the pipeline; on a machine without "
+                                   "network, copy the files instead (the error says where).")
+    d.add_argument("names", nargs="+", metavar="NAME", help="cifar10, cifar100, mnist or fashion_mnist")
+    d.add_argument("--data-dir", default="resources", metavar="DIR", help="where datasets live")
     d.set_defaults(func=cmd_download)
 
-    a = sub.add_parser("aggregate", help="aggregate run folders into per-study Parquet")
-    a.add_argument("--config", default="config/config.yaml")
-    a.add_argument("--results", default="results")
-    a.add_argument("studies", nargs="*")
+    a = sub.add_parser("aggregate", help="aggregate run files into per-study Parquet", formatter_class=fmt,
+                       description="Concatenate every run's files of each study into "
+                                   "<results>/<study>/{summary,metrics}.parquet.")
+    a.add_argument("--config", metavar="FILE", help="the pipeline config (default: the embedded default config)")
+    a.add_argument("--results", default="results", metavar="DIR", help="the pipeline's results folder")
+    a.add_argument("studies", nargs="*", metavar="STUDY", help="studies to aggregate (default: every enabled one)")
     a.set_defaults(func=cmd_aggregate)
 
-    r = sub.add_parser("report", help="rebuild reports/ from results/<study>/*.parquet (no training)")
-    r.add_argument("--results", default="results")
-    r.add_argument("--out", default="reports")
-    r.add_argument("studies", nargs="*")
+    r = sub.add_parser("report", help="rebuild claims and reports from results (no training)", formatter_class=fmt,
+                       description="Check each study's claims and rebuild its report from "
+                                   "<results>/<study>/*.parquet alone, then the index.")
+    r.add_argument("--results", default="results", metavar="DIR", help="folder holding <study>/summary.parquet")
+    r.add_argument("--out", default="reports", metavar="DIR", help="where the reports go")
+    r.add_argument("studies", nargs="*", metavar="STUDY", help="studies to report (default: every one found)")
     r.set_defaults(func=cmd_report)
 
-    b = sub.add_parser("bench", help="measure naive vs lean vs packed training, pipeline efficiency, probe cost")
-    b.add_argument("--quick", action="store_true", help="fewer repetitions (for tests)")
-    b.add_argument("--results", default="results", help="where a finished pipeline run left its Parquet")
+    w = sub.add_parser("run", help="run the pipeline (Snakemake), resuming whatever a killed run left",
+                       formatter_class=fmt, description="Check the config, then run the workflow with the default "
+                       "profile and build reports/report.html. Any further arguments go to Snakemake "
+                       "(e.g. --cores 4, --profile workflow/profiles/slurm, -n, a target file).")
+    w.add_argument("--configfile", metavar="FILE", help="an experiment config (replaces the embedded default)")
+    w.add_argument("--snakefile", metavar="FILE", help="the workflow (default: ./Snakefile of this checkout)")
+    w.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    w.set_defaults(func=cmd_run, passthrough=True)
+
+    b = sub.add_parser("bench", help="measure the training loop's speed, side by side in one run",
+                       formatter_class=fmt, description="Naive vs lean vs packed training, the default pipeline's "
+                                                        "useful-compute fraction, and the probes' overhead.")
+    b.add_argument("--quick", action="store_true", help="fewer repetitions, no pipeline run (for tests)")
     b.set_defaults(func=cmd_bench)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        build_parser().parse_args(argv)  # the usual "unrecognized arguments" error
     try:
-        return args.func(args)
+        return args.func(args, extra) if getattr(args, "passthrough", False) else args.func(args)
     except ConfigError as e:
         print(f"normbench: config error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # data errors etc.: one clear line, not a traceback
-        from .data import DataError
-        from .store import IncompleteRun
-
-        if isinstance(e, (DataError, IncompleteRun)):
-            print(f"normbench: {e}", file=sys.stderr)
-            return 1
-        raise
+    except (DataError, IncompleteRun) as e:
+        print(f"normbench: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
 """Model registry.  Every model builds its blocks through ``NormAct`` so that
 the normalizer, its placement (``pre``: norm before the activation, as in the
-BN paper; ``post``: after it), the activation and the init apply everywhere."""
+BN paper; ``post``: after it), the activation and the init apply everywhere.
+
+Your own model needs no edit here: name it in the config as ``type:
+"mypkg.module:MyNet"``; it is built as ``MyNet(in_shape, out_dim, na,
+**options)`` and should build its layers through ``na.block``/``na.weight``.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +13,19 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
-from .norms import ConfigError, apply_to_weight, create_norm, norm_spec, resolve_options
+from .errors import ConfigError
+from .norms import NORMS, apply_to_weight, create_norm, norm_options
+from .registry import Registry, keyword_defaults, resolve_options
+from .settings import INITS, RunConfig, choice
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": lambda: nn.ReLU(),
-    "sigmoid": lambda: nn.Sigmoid(),
-    "tanh": lambda: nn.Tanh(),
-    "elu": lambda: nn.ELU(),
-    "identity": lambda: nn.Identity(),
+    "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "elu": nn.ELU, "identity": nn.Identity,
 }
 PLACEMENTS = ("pre", "post")
-INITS = ("default", "kaiming", "glorot")
 _GAIN_NAME = {"relu": "relu", "elu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "identity": "linear"}
-
-
-def _choice(key: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not valid; choose one of {', '.join(map(str, choices))}")
 
 
 class Block(nn.Sequential):
@@ -35,20 +34,28 @@ class Block(nn.Sequential):
 
 @dataclass(frozen=True)
 class NormAct:
-    """The one place where a layer meets its normalizer and activation."""
+    """The one place where a layer meets its normalizer, activation and init."""
 
     norm: str = "none"
     norm_options: dict = field(default_factory=dict)
     activation: str = "relu"
     placement: str = "pre"
     init: str = "default"
+    init_std: float = 0.01
 
     def __post_init__(self):
-        norm_spec(self.norm)
-        resolve_options(self.norm, self.norm_options)
-        _choice("activation", self.activation, ACTIVATIONS)
-        _choice("placement", self.placement, PLACEMENTS)
-        _choice("init", self.init, INITS)
+        norm_options(self.norm, self.norm_options)
+        choice("activation", self.activation, ACTIVATIONS)
+        choice("placement", self.placement, PLACEMENTS)
+        choice("init", self.init, INITS)
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> "NormAct":
+        return cls(cfg.norm_kind, cfg.norm_options, cfg.activation, cfg.placement, cfg.init, cfg.init_std)
+
+    @property
+    def reparametrizes_weight(self) -> bool:
+        return NORMS.get(self.norm).reparametrizes_weight
 
     def act(self) -> nn.Module:
         return ACTIVATIONS[self.activation]()
@@ -57,11 +64,16 @@ class NormAct:
         return create_norm(self.norm, channels, dim, **self.norm_options)
 
     def init_layer(self, layer: nn.Module) -> nn.Module:
-        """Initialise a conv/linear layer (before any weight reparametrization)."""
+        """Initialise a conv/linear layer (before any weight reparametrization):
+        kaiming = He et al. 2015 (fan-in, the activation's gain); glorot = Glorot &
+        Bengio 2010 uniform (gain 1, as TensorFlow's default); normal = N(0, init_std²)
+        ("small random Gaussian", Ioffe & Szegedy); default = torch's own."""
         if self.init == "kaiming":
             nn.init.kaiming_normal_(layer.weight, nonlinearity=_GAIN_NAME[self.activation])
         elif self.init == "glorot":
-            nn.init.xavier_uniform_(layer.weight, gain=nn.init.calculate_gain(_GAIN_NAME[self.activation]))
+            nn.init.xavier_uniform_(layer.weight)
+        elif self.init == "normal":
+            nn.init.normal_(layer.weight, std=self.init_std)
         if self.init != "default" and getattr(layer, "bias", None) is not None:
             nn.init.zeros_(layer.bias)
         return layer
@@ -69,7 +81,7 @@ class NormAct:
     def weight(self, layer: nn.Module) -> nn.Module:
         """Init, then apply a weight-reparametrizing norm (wn, sn) if configured."""
         self.init_layer(layer)
-        if norm_spec(self.norm).reparametrizes_weight:
+        if self.reparametrizes_weight:
             layer = apply_to_weight(self.norm, layer, **self.norm_options)
         return layer
 
@@ -111,13 +123,13 @@ VGG_PRESETS = {
 
 def vgg(in_shape, out_dim, na: NormAct, layers="digits", width_mult: float = 1.0, bias: bool = True):
     if isinstance(layers, str):
-        _choice("model.layers", layers, VGG_PRESETS)
+        choice("model.layers", layers, VGG_PRESETS)
         layers = VGG_PRESETS[layers]
     chans, size = in_shape[0], in_shape[-1]
     body: list[nn.Module] = []
     for item in layers:
         if item == "M":
-            if size >= 2:  # small inputs (8×8 digits) simply skip the late pools
+            if size >= 2:  # small inputs simply skip the late pools
                 body.append(nn.MaxPool2d(2))
                 size //= 2
             continue
@@ -161,14 +173,14 @@ def resnet_cifar(in_shape, out_dim, na: NormAct, depth: int = 20, width: int = 1
 
 def _torchvision_resnet(arch: str):
     def build(in_shape, out_dim, na: NormAct):
-        if na.placement != "pre" or na.activation != "relu" or norm_spec(na.norm).reparametrizes_weight:
+        if na.placement != "pre" or na.activation != "relu" or na.reparametrizes_weight:
             raise ConfigError(
                 f"model {arch!r} (torchvision) supports placement 'pre', activation 'relu' and layer "
                 f"norms only; got placement={na.placement!r}, activation={na.activation!r}, norm={na.norm!r}")
         import torchvision  # lazy: only runs that use a torchvision model pay for the import
 
-        net = getattr(torchvision.models, arch)(
-            weights=None, num_classes=out_dim, norm_layer=lambda c: na.norm_layer(c, 2))
+        net = getattr(torchvision.models, arch)(weights=None, num_classes=out_dim,
+                                                norm_layer=lambda c: na.norm_layer(c, 2))
         if in_shape[0] != 3:
             net.conv1 = nn.Conv2d(in_shape[0], 64, 7, 2, 3, bias=False)
         for m in net.modules():
@@ -190,65 +202,65 @@ def dln(in_shape, out_dim, na: NormAct, depth: int = 25, width: int = 10):
     return nn.Sequential(*layers)
 
 
+def linear(in_shape, out_dim, na: NormAct, bias: bool = True):
+    return nn.Sequential(nn.Flatten(), na.weight(nn.Linear(math.prod(in_shape), out_dim, bias=bias)))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     build: Callable[..., nn.Module]
     options: dict[str, Any]
     needs_images: bool = False
-    description: str = ""
 
 
-def linear(in_shape, out_dim, na: NormAct, bias: bool = True):
-    return nn.Sequential(nn.Flatten(), na.weight(nn.Linear(math.prod(in_shape), out_dim, bias=bias)))
+def _user_model(obj, name: str) -> ModelSpec:
+    init = obj.__init__ if isinstance(obj, type) else obj
+    return ModelSpec(obj, keyword_defaults(init, 4 if isinstance(obj, type) else 3))
 
 
-MODELS: dict[str, ModelSpec] = {
-    "linear": ModelSpec(linear, {"bias": True}, description="a single linear layer"),
-    "mlp": ModelSpec(mlp, {"depth": 3, "width": 128, "bias": True}, description="fully connected net"),
-    "vgg": ModelSpec(vgg, {"layers": "digits", "width_mult": 1.0, "bias": True}, True, "VGG-style conv net"),
-    "resnet_cifar": ModelSpec(resnet_cifar, {"depth": 20, "width": 16}, True, "CIFAR ResNet-20/56/110"),
-    "resnet18": ModelSpec(_torchvision_resnet("resnet18"), {}, True, "torchvision ResNet-18"),
-    "resnet50": ModelSpec(_torchvision_resnet("resnet50"), {}, True, "torchvision ResNet-50"),
-    "dln": ModelSpec(dln, {"depth": 25, "width": 10}, description="deep linear network"),
-}
+MODELS: Registry[ModelSpec] = Registry("model type", _user_model, key="model")
+for _name, _spec in {
+    "linear": ModelSpec(linear, {"bias": True}),
+    "mlp": ModelSpec(mlp, {"depth": 3, "width": 128, "bias": True}),
+    "vgg": ModelSpec(vgg, {"layers": "digits", "width_mult": 1.0, "bias": True}, needs_images=True),
+    "resnet_cifar": ModelSpec(resnet_cifar, {"depth": 20, "width": 16}, needs_images=True),
+    "resnet18": ModelSpec(_torchvision_resnet("resnet18"), {}, needs_images=True),
+    "resnet50": ModelSpec(_torchvision_resnet("resnet50"), {}, needs_images=True),
+    "dln": ModelSpec(dln, {"depth": 25, "width": 10}),
+}.items():
+    MODELS.register(_name, _spec)
 
 
-def model_spec(name: str) -> ModelSpec:
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise ConfigError(f"model type {name!r} is unknown; valid: {', '.join(sorted(MODELS))}") from None
-
-
-def resolve_model_options(name: str, options: dict | None) -> dict:
-    spec = model_spec(name)
-    unknown = sorted(set(options or {}) - set(spec.options))
-    if unknown:
-        raise ConfigError(f"model {name!r}: unknown option(s) {', '.join(unknown)}; "
-                          f"allowed: {', '.join(sorted(spec.options)) or 'none'}")
-    return {**spec.options, **(options or {})}
+def model_options(name: str, options: dict | None) -> dict:
+    return resolve_options("model", name, MODELS.get(name).options, options)
 
 
 def build_model(name: str, in_shape: tuple[int, ...], out_dim: int, na: NormAct,
                 options: dict | None = None) -> nn.Module:
-    spec = model_spec(name)
+    spec = MODELS.get(name)
     if spec.needs_images and len(in_shape) != 3:
         raise ConfigError(f"model {name!r} needs image inputs (C×H×W); the dataset gives shape {tuple(in_shape)}")
-    if norm_spec(na.norm).conv_only and not spec.needs_images:
+    if NORMS.get(na.norm).conv_only and not spec.needs_images and ":" not in name:
         raise ConfigError(f"norm {na.norm!r} needs conv feature maps; model {name!r} has only linear layers")
-    return spec.build(tuple(in_shape), out_dim, na, **resolve_model_options(name, options))
+    return spec.build(tuple(in_shape), out_dim, na, **model_options(name, options))
+
+
+def build_network(cfg: RunConfig, in_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+    """The run's network, exactly as every path builds it (training, packs, validation):
+    seeded by the run's seed, in the run's dtype."""
+    torch.manual_seed(cfg.seed)
+    net = build_model(cfg.model_kind, in_shape, out_dim, NormAct.of(cfg), cfg.model_options)
+    return net.to(getattr(torch, cfg.dtype))
 
 
 def check_forward(model: nn.Module, in_shape: tuple[int, ...], name: str = "model") -> None:
     """One training-mode forward pass on a batch of 2 (call it under the meta device: no
     memory, no arithmetic) to catch shape-level impossibilities, e.g. instance norm on
     feature maps that have shrunk to 1×1."""
-    import torch
-
     model.train()
     try:
-        model(torch.empty(2, *in_shape))
-    except (ValueError, RuntimeError) as e:
+        model(torch.empty(2, *in_shape, dtype=next(model.parameters(), torch.empty(0)).dtype))
+    except (ValueError, RuntimeError, TypeError) as e:
         raise ConfigError(f"{name} cannot run on inputs of shape {tuple(in_shape)}: {e}") from None
 
 
@@ -261,5 +273,6 @@ def probe_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
-__all__ = ["NormAct", "MODELS", "ACTIVATIONS", "PLACEMENTS", "INITS", "build_model", "model_spec",
-           "resolve_model_options", "count_params", "check_forward", "probe_layers", "VGG_PRESETS", "Block", "BasicBlock"]
+def block_outputs(model: nn.Module) -> dict[str, nn.Module]:
+    """The normalized-and-activated blocks (``NormAct.block``), in forward order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, (Block, BasicBlock))}

@@ -18,17 +18,18 @@ def main(argv: list[str]) -> None:
     from sklearn.datasets import load_digits
     from torch.utils.data import DataLoader, TensorDataset
 
-    from normbench.models import NormAct, build_model
+    from normbench.models import build_network
+    from normbench.settings import RunConfig
 
     layers, lr, seed, bs, steps, eval_every = (json.loads(argv[0]), float(argv[1]), int(argv[2]), int(argv[3]),
                                                int(argv[4]), int(argv[5]))
-    torch.manual_seed(seed)
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(d.target)
     x = (x - x.mean()) / x.std()
     train, test = TensorDataset(x[360:], y[360:]), TensorDataset(x[:360], y[:360])
-    model = build_model("vgg", (1, 8, 8), 10, NormAct("bn"), {"layers": layers})
+    model = build_network(RunConfig.from_dict({"model": "vgg", "model_options": {"layers": layers}, "norm": "bn",
+                                               "seed": seed}), (1, 8, 8), 10)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     loader = DataLoader(train, batch_size=bs, shuffle=True, drop_last=True)
     history, step = [], 0

@@ -1,7 +1,7 @@
-"""From the user's config to runs, packs and paths; validation before any job.
+"""From a checked config to runs, packs, paths and jobs; every run validated
+by its runner before any job starts.
 
-The Snakefile calls ``load_config`` (or ``Pipeline.from_config`` after its own
-``validate``) and asks the ``Pipeline`` for targets.  Every check here raises a
+The Snakefile asks a ``Pipeline`` for targets.  Every check raises a
 ``ConfigError`` whose message starts with the config key at fault.
 """
 
@@ -9,67 +9,43 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from .config import RunConfig
-from .norms import NORMS, ConfigError, resolve_options
-from .store import PARAM_COLUMNS, aggregate_runs
-from .studies import STUDIES, check_study
+from . import config as config_file
+from .data import DATASETS
+from .errors import ConfigError
+from .models import model_options
+from .norms import norm_options
+from .runners import RUNNERS
+from .settings import IDENTITY, RunConfig
+from .store import aggregate_runs, run_files
+from .studies import STUDIES
 
-SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
-GRID_COLUMNS = [c for c in PARAM_COLUMNS if c != "study"]  # lr, seed last: a pack is a path prefix
-PACKED_OUT = ("lr", "seed")  # runs differing only in these share a pack
-
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
-
-
-def coerce_numbers(obj):
-    """PyYAML reads 1e-3 (no dot) as a string; make such strings numbers, in place."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            obj[k] = coerce_numbers(v)
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            obj[i] = coerce_numbers(v)
-    elif isinstance(obj, str) and _NUMBER.match(obj.strip()):
-        return float(obj)
-    return obj
+GRID_COLUMNS = [c for c in IDENTITY if c != "study"]  # lr, seed last: a pack is a path prefix
+PACKED_OUT = ("lr", "seed")  # by default runs differing only in these share a pack
+PARAM_SEP = "~"  # run folders read model~cnn/…/seed~0: no key=value names for readers to mis-type
 
 
 @contextlib.contextmanager
 def at_key(key: str):
-    """Prefix ConfigErrors raised inside with the config key being checked."""
+    """Prefix ConfigErrors raised inside with the config key being checked (the
+    grid column itself when the error names one)."""
     try:
         yield
     except ConfigError as e:
         msg = str(e)
-        raise ConfigError(msg if msg.startswith(key) else f"{key}: {msg}") from None
-
-
-def validate_schema(config: dict) -> dict:
-    """JSON-schema validation (fills defaults), with the failing key in the message."""
-    import jsonschema
-    from snakemake.utils import validate
-
-    try:
-        validate(config, str(SCHEMA), set_default=True)
-    except Exception as e:
-        cause = e.__cause__ if isinstance(e.__cause__, jsonschema.ValidationError) else None
-        if cause is None:
-            try:
-                jsonschema.validate(config, yaml.safe_load(SCHEMA.read_text()))
-            except jsonschema.ValidationError as ve:
-                cause = ve
-        if cause is not None:
-            key = ".".join(str(p) for p in cause.absolute_path) or "(top level)"
-            raise ConfigError(f"{key}: {cause.message}") from None
-        raise ConfigError(str(e)) from None
-    return config
+        if msg.startswith(key):
+            raise
+        sub = e.key or msg.split(":", 1)[0]
+        if sub in GRID_COLUMNS and key.endswith(".grid"):
+            full = f"{key}.{sub}"
+            msg = msg[len(sub) + 1:].lstrip() if msg.startswith(f"{sub}:") else msg
+        else:
+            full = key
+        raise ConfigError(f"{full}: {msg}") from None
 
 
 @dataclass
@@ -78,7 +54,6 @@ class Named:
 
     type: str
     options: dict = field(default_factory=dict)
-    label: str | None = None
     init: str | None = None  # models only: overrides the study's train.init
 
 
@@ -91,15 +66,16 @@ class StudyConfig:
     threads: int
     mem_mb: int
     runtime: int
-    paths: list[str] = field(default_factory=list)  # hive path of each run (row order)
+    paths: list[str] = field(default_factory=list)  # each run's folder path (row order)
     pack_ids: list[str] = field(default_factory=list)  # its pack (row order)
 
     def __post_init__(self):
-        from snakemake.utils import Paramspace  # the same hive-path writer the rules document
+        from snakemake.utils import Paramspace  # Snakemake's own writer of parameter paths
 
         cols = [c for c in GRID_COLUMNS if c not in self.pack]
-        self.paths = list(Paramspace(self.runs[GRID_COLUMNS], param_sep="=").instance_patterns)
-        self.pack_ids = list(Paramspace(self.runs[cols], param_sep="=").instance_patterns)
+        self.paths = list(Paramspace(self.runs[GRID_COLUMNS], param_sep=PARAM_SEP).instance_patterns)
+        self.pack_ids = (list(Paramspace(self.runs[cols], param_sep=PARAM_SEP).instance_patterns) if cols
+                         else ["all"] * len(self.runs))
 
 
 @dataclass
@@ -112,35 +88,32 @@ class Pipeline:
     download: bool = True
     results: str = "results"
     _packs: dict = field(default_factory=dict, repr=False)
-    _jobs: dict = field(default_factory=dict, repr=False)
-
-    # -- construction ----------------------------------------------------------
 
     @classmethod
     def from_config(cls, config: dict, results: str = "results", check_files: bool = True) -> "Pipeline":
-        norms = {k: Named(v["type"], dict(v.get("options") or {}), v.get("label"))
-                 for k, v in (config.get("norms") or {}).items()}
-        models = {k: Named(v["type"], dict(v.get("options") or {}), v.get("label"), v.get("init"))
+        """``config`` as ``config.load`` returns it (schema-checked, defaults filled in)."""
+        norms = {k: Named(v["type"], dict(v.get("options") or {})) for k, v in (config.get("norms") or {}).items()}
+        models = {k: Named(v["type"], dict(v.get("options") or {}), v.get("init"))
                   for k, v in (config.get("models") or {}).items()}
         self = cls({}, norms, models, config.get("device", "auto"), config.get("data_dir", "resources"),
                    config.get("download", True), results)
-        self._check_tables()
+        self._check_entries()
         for name, st in config["studies"].items():
             with at_key(f"studies.{name}"):
-                check_study(name)
+                STUDIES.get(name)
             if not st.get("enabled", True):
                 continue
             grids = st["grid"] if isinstance(st["grid"], list) else [st["grid"]]
             base = {**(config.get("train") or {}), **(st.get("train") or {})}
             train = [{**base, **(g.get("train") or {})} for g in grids]
-            runs = pd.concat([self._expand(name, g).assign(_grid=i) for i, g in enumerate(grids)],
-                             ignore_index=True)
+            runs = pd.concat([self._expand(name, g).assign(_grid=i) for i, g in enumerate(grids)], ignore_index=True)
             if runs[GRID_COLUMNS].duplicated().any():
                 dup = runs[runs[GRID_COLUMNS].duplicated()].iloc[0][GRID_COLUMNS].to_dict()
                 raise ConfigError(f"studies.{name}.grid: two grids give the same run {dup}")
             self.studies[name] = StudyConfig(
-                name, runs, _pack_columns(name, st.get("pack", True)), train, st.get("threads", config.get("threads", 1)),
-                st.get("mem_mb", config.get("mem_mb", 2000)), st.get("runtime", config.get("runtime", 60)))
+                name, runs, _pack_columns(name, st.get("pack", True)), train,
+                st.get("threads", config.get("threads", 1)), st.get("mem_mb", config.get("mem_mb", 2000)),
+                st.get("runtime", config.get("runtime", 60)))
             self._check_study(self.studies[name])
         if not self.studies:
             raise ConfigError("studies: every study is disabled; enable at least one")
@@ -148,116 +121,86 @@ class Pipeline:
             self._check_files()
         return self
 
-    def _check_tables(self):
-        from .models import model_spec, resolve_model_options
-        from .norms import norm_spec
-
-        for nid, n in self.norms.items():
-            with at_key(f"norms.{nid}"):
-                norm_spec(n.type)
-                resolve_options(n.type, n.options)
-        for mid, m in self.models.items():
-            with at_key(f"models.{mid}"):
-                model_spec(m.type)
-                resolve_model_options(m.type, m.options)
-
     def _expand(self, study: str, grid: dict) -> pd.DataFrame:
         """The grid's cartesian product; an lr rule is applied per batch size."""
         grid = {"placement": ["pre"], "activation": ["relu"], **grid}
-        for key in GRID_COLUMNS:
-            if key != "lr" and not grid.get(key):
-                raise ConfigError(f"studies.{study}.grid.{key}: the grid is empty (give at least one value)")
         fixed = [c for c in GRID_COLUMNS if c != "lr"]
         rows = []
         for combo in itertools.product(*(grid[c] for c in fixed)):
             row = dict(zip(fixed, combo))
-            for lr in self._lrs(study, grid["lr"], row["batch_size"]):
+            for lr in _lrs(grid["lr"], row["batch_size"]):
                 rows.append({**row, "lr": lr})
         df = pd.DataFrame(rows, columns=GRID_COLUMNS)
         if df.duplicated().any():
             raise ConfigError(f"studies.{study}.grid: repeated values give duplicate runs")
         return df
 
-    @staticmethod
-    def _lrs(study: str, spec, batch_size: int) -> list[float]:
-        if isinstance(spec, dict):
-            bases = spec["base"] if isinstance(spec["base"], list) else [spec["base"]]
-            return [canonical_float(b * batch_size / spec["reference_batch"]) for b in bases]
-        if not spec:
-            raise ConfigError(f"studies.{study}.grid.lr: the grid is empty (give at least one value)")
-        return [canonical_float(v) for v in spec]
-
     def _check_study(self, st: StudyConfig):
-        """Build every distinct configuration once (on the meta device: no memory, no data)."""
-        import torch
-
-        from .data import SHAPES, TRAIN_SIZES, check_dataset_name
-        from .models import NormAct, build_model, check_forward
-
+        """Every distinct run structure (lr and seed aside) checked once by its runner."""
         key = f"studies.{st.name}"
-        if STUDIES[st.name].runner == "linear_gd":
-            from .feature_scaling import check
-
-            for row in st.runs.to_dict("records"):
-                with at_key(f"{key}.grid"):
-                    check(row["norm"], self.model(row["model"], f"{key}.grid.model").type, row["dataset"])
-            return
         for train in st.train:
             with at_key(f"{key}.train"):
                 RunConfig.from_dict(train)
-        seen = set()
-        for row in st.runs.drop(columns=["lr", "seed"]).drop_duplicates().to_dict("records"):
+        runner = RUNNERS.get(STUDIES.get(st.name).runner)
+        for row in st.runs.drop_duplicates([c for c in GRID_COLUMNS if c not in PACKED_OUT] + ["_grid"]).to_dict(
+                "records"):
             with at_key(f"{key}.grid.dataset"):
-                check_dataset_name(row["dataset"])
-            with at_key(f"{key}.grid.batch_size"):
-                if row["batch_size"] > TRAIN_SIZES[row["dataset"]]:
-                    raise ConfigError(f"{row['batch_size']} exceeds the {TRAIN_SIZES[row['dataset']]} training "
-                                      f"examples of {row['dataset']}")
-            norm, model = self.norm(row["norm"], f"{key}.grid.norm"), self.model(row["model"], f"{key}.grid.model")
-            sig = (row["model"], row["dataset"], row["norm"], row["placement"], row["activation"], row["_grid"])
-            if sig in seen:
-                continue
-            seen.add(sig)
+                DATASETS.get(row["dataset"])
             with at_key(f"{key}.grid"):
-                init = model.init or st.train[row["_grid"]].get("init", "default")
-                na = NormAct(norm.type, norm.options, row["activation"], row["placement"], init)
-                shape, _, outputs = SHAPES[row["dataset"]]
                 try:
-                    with torch.device("meta"):
-                        net = build_model(model.type, shape, outputs, na, model.options)
-                        check_forward(net, shape, f"model {row['model']!r}")
+                    runner.check(self.run_config(st.name, row))
                 except ConfigError as e:
-                    raise ConfigError(
-                        f"model {row['model']!r} with norm {row['norm']!r} on {row['dataset']}: {e}") from None
+                    entries = {"norm": self.norms, "model": self.models}.get(e.key or "")
+                    if entries:  # a grid may also name the config's own entries
+                        raise ConfigError(f"{e}; or an entry under {e.key}s: {', '.join(sorted(entries))}",
+                                          e.key) from None
+                    raise
+
+    def _check_entries(self):
+        """The config's own norm and model entries (layer normalizers and networks), each on its own."""
+        for nid, n in self.norms.items():
+            with at_key(f"norms.{nid}"):
+                norm_options(n.type, n.options)
+        for mid, m in self.models.items():
+            with at_key(f"models.{mid}"):
+                model_options(m.type, m.options)
 
     def _check_files(self):
-        from .data import TORCHVISION, missing_files
+        from .mirrors import missing_files
 
-        for name in sorted(self.datasets()):
-            if name in TORCHVISION and not self.download:
-                missing = missing_files(name, self.data_dir)
-                if missing:
-                    raise ConfigError(
-                        f"download: false, but dataset {name!r} is not in {self.data_dir}/{name} "
-                        f"({missing[0]} is missing). Set download: true, run `normbench download {name} "
-                        f"--data-dir {self.data_dir}` on a machine with network, or copy the files there")
+        for name in sorted(self.downloads()):
+            if not self.download and missing_files(name, self.data_dir):
+                raise ConfigError(
+                    f"download: false, but dataset {name!r} is not in {self.data_dir}/{name} "
+                    f"({missing_files(name, self.data_dir)[0]} is missing). Set download: true, run "
+                    f"`normbench download {name} --data-dir {self.data_dir}` on a machine with network, "
+                    f"or copy the files there")
 
-    def norm(self, nid: str, key: str = "norm") -> Named:
-        return _named(nid, self.norms, NORMS, "norms", key)
+    # -- runs --------------------------------------------------------------------
 
-    def model(self, mid: str, key: str = "model") -> Named:
-        from .models import MODELS
-
-        return _named(mid, self.models, MODELS, "models", key)
-
-    # -- targets -----------------------------------------------------------------
+    def run_config(self, study: str, row: dict) -> RunConfig:
+        st = self.studies[study]
+        norm, model = self.norms.get(row["norm"], Named(row["norm"])), self.models.get(row["model"], Named(row["model"]))
+        train = st.train[int(row["_grid"])]
+        return RunConfig.from_dict({
+            **train, **({"init": model.init} if model.init else {}),
+            **{k: _plain(row[k]) for k in GRID_COLUMNS}, "study": study,
+            "norm_type": norm.type, "norm_options": norm.options,
+            "model_type": model.type, "model_options": model.options,
+            "device": self.device, "data_dir": self.data_dir, "threads": st.threads,
+            "runner": STUDIES.get(study).runner,
+        })
 
     def datasets(self) -> set[str]:
         return {d for st in self.studies.values() for d in st.runs.dataset}
 
+    def downloads(self) -> set[str]:
+        """Datasets whose files come from the network (the local download rule fetches them)."""
+        return {d for d in self.datasets() if DATASETS.get(d).downloadable}
+
     def packs(self, study: str) -> dict[str, list[int]]:
         """pack id -> row numbers of its runs.  A pack id is the run path without
-        lr and seed (or the whole run path when the study is not packed)."""
+        the packed columns (lr and seed by default)."""
         if study not in self._packs:
             out: dict[str, list[int]] = {}
             for i, pid in enumerate(self.studies[study].pack_ids):
@@ -268,36 +211,22 @@ class Pipeline:
     def pack_marker(self, study: str, pack: str) -> str:
         return f"{self.results}/{study}/packs/{pack}/pack.json"
 
+    def checkpoint_dir(self, study: str, pack: str) -> str:
+        return f"{self.results}/{study}/checkpoints/{pack}"
+
     def markers(self, study: str) -> list[str]:
         return [self.pack_marker(study, p) for p in self.packs(study)]
 
-    def run_dirs(self, study: str) -> list[str]:
-        return [f"{self.results}/{study}/runs/{p}" for p in self.studies[study].paths]
-
-    def run_config(self, study: str, row: dict) -> RunConfig:
-        st = self.studies[study]
-        runner = STUDIES[study].runner
-        norm = self.norm(row["norm"]) if runner == "network" else Named(row["norm"])
-        model = self.model(row["model"])
-        train = st.train[int(row["_grid"])]
-        return RunConfig.from_dict({
-            **train, **({"init": model.init} if model.init else {}),
-            **{k: _plain(row[k]) for k in GRID_COLUMNS}, "study": study,
-            "norm_type": norm.type, "norm_options": norm.options,
-            "model_type": model.type, "model_options": model.options,
-            "device": self.device, "data_dir": self.data_dir, "threads": st.threads, "runner": runner,
-        })
+    def files(self, study: str, kind: str) -> list[str]:
+        """Every run's ``summary`` or ``metrics`` file (row order)."""
+        return [str(run_files(self.results, study, p)[kind]) for p in self.studies[study].paths]
 
     def pack_jobs(self, study: str, pack: str) -> list[dict]:
-        """What the training job needs: each run's full config and its paths."""
-        key = (study, pack)
-        if key not in self._jobs:
-            runs, dirs = self.studies[study].runs, self.run_dirs(study)
-            self._jobs[key] = [
-                {"config": self.run_config(study, runs.iloc[i].to_dict()).to_dict(), "out": dirs[i],
-                 "checkpoint": dirs[i].replace("/runs/", "/checkpoints/", 1) + "/checkpoint.pt"}
+        """What the training job needs: each run's full config and its files."""
+        st = self.studies[study]
+        return [{"config": self.run_config(study, st.runs.iloc[i].to_dict()).to_dict(),
+                 "files": {k: str(v) for k, v in run_files(self.results, study, st.paths[i]).items()}}
                 for i in self.packs(study)[pack]]
-        return self._jobs[key]
 
     def gpu(self) -> int:
         if self.device.startswith("cuda"):
@@ -309,14 +238,11 @@ class Pipeline:
         return 0
 
 
-def _named(name: str, table: dict, registry: dict, what: str, key: str) -> Named:
-    """A config entry by id, else a bare registry type, else an error listing both."""
-    if name in table:
-        return table[name]
-    if name in registry:
-        return Named(name)
-    raise ConfigError(f"{key}: {name!r} is neither a {what} entry nor a registry type; valid: "
-                      f"{', '.join(sorted(set(table) | set(registry)))}")
+def _lrs(spec, batch_size: int) -> list[float]:
+    if isinstance(spec, dict):
+        bases = spec["base"] if isinstance(spec["base"], list) else [spec["base"]]
+        return [canonical_float(b * batch_size / spec["reference_batch"]) for b in bases]
+    return [canonical_float(v) for v in spec]
 
 
 def _pack_columns(study: str, pack) -> list[str]:
@@ -340,21 +266,13 @@ def _plain(v):
     return v.item() if hasattr(v, "item") else v
 
 
-def load_config(path: str | Path | dict, results: str = "results", check_files: bool = True) -> Pipeline:
-    config = path if isinstance(path, dict) else yaml.safe_load(Path(path).read_text())
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: the config must be a mapping with a 'studies' key")
-    coerce_numbers(config)
-    validate_schema(config)
-    return Pipeline.from_config(config, results, check_files)
+def load_pipeline(source: str | Path | dict, results: str = "results", check_files: bool = True) -> Pipeline:
+    """A config file (or dict) -> the checked pipeline; a ConfigError names what is wrong."""
+    return Pipeline.from_config(config_file.load(source), results, check_files)
 
 
-def aggregate_study(pipe: Pipeline, study: str, results: str | None = None) -> tuple[int, int]:
+def aggregate_study(pipe: Pipeline, study: str) -> tuple[int, int]:
     """Concatenate the study's runs into results/<study>/{summary,metrics}.parquet."""
-    results = results or pipe.results
-    dirs = [Path(results) / Path(d).relative_to(pipe.results) for d in pipe.run_dirs(study)]
-    return aggregate_runs(dirs, Path(results) / study / "summary.parquet", Path(results) / study / "metrics.parquet")
-
-
-__all__ = ["Pipeline", "StudyConfig", "load_config", "aggregate_study", "coerce_numbers", "validate_schema",
-           "GRID_COLUMNS"]
+    out = Path(pipe.results) / study
+    return aggregate_runs(pipe.files(study, "summary"), pipe.files(study, "metrics"),
+                          out / "summary.parquet", out / "metrics.parquet")

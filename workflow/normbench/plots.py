@@ -1,7 +1,9 @@
-"""Seaborn figures: DataFrame in, Figure out, no paths inside.
+"""Figures: DataFrame in, Figure out, no paths inside (``save`` writes them).
 
-Bands are bootstrap 95% intervals over seeds with the fixed seed of
-``analysis.BOOT_SEED``; diverged cells are marked, never blank.
+Paper-ready: every curve is the mean over seeds with its Student-t 95% band
+and each seed drawn beside it; legends sit outside the data; published numbers
+get a panel of their own (never our axis); colorbars are labelled.  Saved as
+SVG and as PNG at 200 dpi.
 """
 
 from __future__ import annotations
@@ -15,53 +17,94 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .analysis import BOOT_SEED, bootstrap_ci, layer_index  # noqa: E402
+from .analysis import layer_index, t_interval  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper")
-CI = ("ci", 95)
+DPI = 200
 
 
-def _fig(ncols=1, nrows=1, w=4.2, h=3.2, **kw):
+def fig_grid(ncols=1, nrows=1, w=3.6, h=2.8, **kw):
     return plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, **kw)
 
 
-def lineci(data: pd.DataFrame, x: str, y: str, hue: str, ax, legend: bool = True, marker=None, palette=None):
-    """Mean line with a bootstrap 95% band over seeds per hue (analysis.bootstrap_ci,
-    vectorized: seaborn's per-point Python bootstrap is too slow for report jobs)."""
-    hues = list(dict.fromkeys(sorted(data[hue].unique(), key=str)))
-    palette = palette or dict(zip(hues, sns.color_palette(n_colors=max(1, len(hues)))))
-    for h in hues:
-        g = data[data[hue] == h]
-        stats = [(xv, *bootstrap_ci(v[y].values)) for xv, v in g.groupby(x)]
+def palette(values) -> dict:
+    values = list(dict.fromkeys(values))
+    return dict(zip(values, sns.color_palette("colorblind", n_colors=max(1, len(values)))))
+
+
+def legend_outside(fig, axes, title: str | None = None) -> None:
+    """One legend for the figure, right of the panels (never over the data)."""
+    handles, labels = {}, []
+    for ax in np.ravel(axes):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles and not lab.startswith("_"):
+                handles[lab] = h
+                labels.append(lab)
+        if ax.get_legend():
+            ax.get_legend().remove()
+    if handles:
+        fig.legend([handles[lab] for lab in labels], labels, title=title, loc="center left",
+                   bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=7, title_fontsize=7)
+    fig.tight_layout()
+
+
+def lineci(data: pd.DataFrame, x: str, y: str, hue: str, ax, colors: dict | None = None, marker=None,
+           seeds: bool = True, label_prefix: str = "") -> None:
+    """Mean line with a t 95% band over seeds per hue, each seed's points beside it."""
+    colors = colors or palette(sorted(data[hue].unique(), key=str))
+    for h, g in data.groupby(hue, sort=False):
+        stats = [(xv, *t_interval(v[y].values)) for xv, v in g.groupby(x)]
         if not stats:
             continue
         xs, mean, lo, hi = map(np.array, zip(*stats))
-        ax.plot(xs, mean, color=palette[h], label=str(h), marker=marker, ms=3)
-        ax.fill_between(xs, lo, hi, color=palette[h], alpha=0.2, lw=0)
+        ax.plot(xs, mean, color=colors[h], label=f"{label_prefix}{h}", marker=marker, ms=3, lw=1.4)
+        ok = np.isfinite(lo)
+        if ok.any():
+            ax.fill_between(xs[ok], lo[ok], hi[ok], color=colors[h], alpha=0.18, lw=0)
+        if seeds and "seed" in g:
+            ax.scatter(g[x], g[y], color=colors[h], s=5, alpha=0.45, lw=0, label="_seed")
     ax.set_xlabel(x)
-    if legend and hues:
-        ax.legend(fontsize=7, title=hue, title_fontsize=7)
 
 
-def heatmaps(grid: pd.DataFrame) -> plt.Figure:
-    """Per norm: final test accuracy over lr × batch size; 'div' where a seed diverged."""
+def points(summary: pd.DataFrame, x: str, y: str, hue: str, ax, colors: dict | None = None) -> None:
+    """Per x and hue: the mean with its t 95% interval as an error bar, each seed as a dot beside it."""
+    colors = colors or palette(sorted(summary[hue].unique(), key=str))
+    xs = list(dict.fromkeys(summary[x]))
+    hues = list(colors)
+    width = 0.8 / max(1, len(hues))
+    for j, h in enumerate(hues):
+        for i, xv in enumerate(xs):
+            v = summary[(summary[x] == xv) & (summary[hue] == h)][y].astype(float)
+            if v.empty:
+                continue
+            pos = i - 0.4 + width * (j + 0.5)
+            mean, lo, hi = t_interval(v.values)
+            err = None if not np.isfinite(lo) else [[mean - lo], [hi - mean]]
+            ax.errorbar([pos], [mean], yerr=err, fmt="o", color=colors[h], ms=4, capsize=2,
+                        label=str(h) if i == 0 else "_")
+            ax.scatter(np.full(len(v), pos + width * 0.3), v, color=colors[h], s=6, alpha=0.5, lw=0)
+    ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+    ax.set_xlabel(x)
+
+
+def heatmaps(grid: pd.DataFrame, value_label: str) -> plt.Figure:
+    """Per norm: a value over lr × batch size; 'div' where a seed diverged, 'col' where one collapsed."""
     norms = list(dict.fromkeys(grid.norm))
-    fig, axes = _fig(len(norms), w=3.6, h=3.0)
-    for ax, norm in zip(axes[0], norms):
+    fig, axes = fig_grid(len(norms), w=3.2, h=2.8)
+    for k, (ax, norm) in enumerate(zip(axes[0], norms)):
         g = grid[grid.norm == norm]
-        acc = g.pivot(index="batch_size", columns="lr", values="mean")
-        div = g.pivot(index="batch_size", columns="lr", values="n_diverged")
-        n = g.pivot(index="batch_size", columns="lr", values="n")
-        labels = acc.map(lambda v: "" if pd.isna(v) else f"{v:.2f}").astype(object)
-        for i in range(labels.shape[0]):
-            for j in range(labels.shape[1]):
-                d = div.iat[i, j]
-                if d and d == n.iat[i, j]:
-                    labels.iat[i, j] = "div"
-                elif d:
-                    labels.iat[i, j] += f"\n{int(d)} div"
-        sns.heatmap(acc, annot=labels, fmt="", vmin=0, vmax=1, cmap="viridis", ax=ax, cbar=ax is axes[0][-1],
-                    annot_kws={"fontsize": 7})
+        val = g.pivot(index="batch_size", columns="lr", values="mean")
+        labels = val.map(lambda v: "" if pd.isna(v) else f"{v:.2f}").astype(object)
+        for col, mark in (("n_diverged", "div"), ("n_collapsed", "col")):
+            counts = g.pivot(index="batch_size", columns="lr", values=col)
+            for i in range(labels.shape[0]):
+                for j in range(labels.shape[1]):
+                    c = counts.iat[i, j]
+                    if c:
+                        labels.iat[i, j] = (labels.iat[i, j] + "\n" if labels.iat[i, j] else "") + f"{int(c)} {mark}"
+        last = k == len(norms) - 1
+        sns.heatmap(val, annot=labels, fmt="", vmin=0, vmax=1, cmap="viridis", ax=ax, cbar=last,
+                    cbar_kws={"label": value_label} if last else None, annot_kws={"fontsize": 6})
         ax.set_title(norm)
         ax.set_xlabel("learning rate")
         ax.set_ylabel("batch size")
@@ -69,121 +112,115 @@ def heatmaps(grid: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def curves(metrics: pd.DataFrame, split: str, metric: str) -> plt.Figure:
-    """``metric`` vs step per norm, one panel per lr (rows: batch sizes)."""
+def curves(metrics: pd.DataFrame, split: str, metric: str, hue: str = "norm", by=("batch_size", "lr"),
+           log: bool | None = None) -> plt.Figure:
+    """``metric`` vs step per ``hue``, one panel per value of ``by`` (rows, columns)."""
     m = metrics[(metrics.split == split) & (metrics.metric == metric)]
-    lrs, bss = sorted(m.lr.unique()), sorted(m.batch_size.unique())
-    fig, axes = _fig(len(lrs), len(bss), w=3.2, h=2.6, sharey=True)
-    for r, bs in enumerate(bss):
-        for c, lr in enumerate(lrs):
+    rows, cols = (sorted(m[by[0]].unique()), sorted(m[by[1]].unique())) if by else ([None], [None])
+    fig, axes = fig_grid(len(cols), len(rows), w=2.8, h=2.3, sharey=True)
+    colors = palette(sorted(m[hue].unique(), key=str))
+    for r, rv in enumerate(rows):
+        for c, cv in enumerate(cols):
             ax = axes[r][c]
-            d = m[(m.lr == lr) & (m.batch_size == bs)]
+            d = m if by is None else m[(m[by[0]] == rv) & (m[by[1]] == cv)]
             if len(d):
-                lineci(d, "step", "value", "norm", ax, legend=(r == 0 and c == len(lrs) - 1))
-            ax.set_title(f"lr {lr:g}, batch {bs}")
-            ax.set_xlabel("step")
+                lineci(d, "step", "value", hue, ax, colors)
+            if by:
+                ax.set_title(f"{by[1]} {cv:g}, {by[0]} {rv}", fontsize=8)
             ax.set_ylabel(f"{split} {metric}")
-            if metric == "loss":
+            if log if log is not None else metric == "loss":
                 ax.set_yscale("log")
-    fig.tight_layout()
+    legend_outside(fig, axes, hue)
     return fig
 
 
-def error_vs_batch(table: pd.DataFrame, ref: dict) -> plt.Figure:
-    """Test error (%) vs batch size per norm with CI bands; Wu & He dashed."""
-    t = table[~table.norm_type.str.startswith("Δ")]
-    fig, axes = _fig(w=5, h=3.5)
-    ax = axes[0][0]
-    pal = dict(zip(sorted(t.norm_type.unique()), sns.color_palette(n_colors=t.norm_type.nunique())))
-    for norm, g in t.groupby("norm_type"):
-        g = g.sort_values("batch_size")
-        ax.plot(g.batch_size, g["mean"], marker="o", label=f"{norm} (ours)", color=pal[norm])
-        ax.fill_between(g.batch_size, g.lo, g.hi, alpha=0.2, color=pal[norm])
-        if norm in ref and len(ref[norm]) > 1:
-            b = sorted(ref[norm])
-            ax.plot(b, [ref[norm][x] for x in b], ls="--", color=pal[norm], alpha=0.7, label=f"{norm} (Wu & He)")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(t.batch_size.unique()), [str(b) for b in sorted(t.batch_size.unique())])
-    ax.invert_xaxis()
-    ax.set_xlabel("batch size (images per worker)")
-    ax.set_ylabel("test error (%)")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+def with_reference(ours: pd.DataFrame, x: str, y: str, hue: str, ylabel: str, reference: dict[str, dict],
+                   ref_label: str, ref_ylabel: str, xlabel: str, log2x: bool = True) -> plt.Figure:
+    """Our curves (mean, band, seeds) in one panel; the published ones in a panel of their own."""
+    fig, axes = fig_grid(2, w=3.6, h=2.9)
+    colors = palette(sorted(set(ours[hue]) | set(reference), key=str))
+    lineci(ours, x, y, hue, axes[0][0], colors, marker="o")
+    axes[0][0].set_title("ours", fontsize=8)
+    axes[0][0].set_ylabel(ylabel)
+    for name, vals in reference.items():
+        if len(vals) > 1:
+            xs = sorted(vals)
+            axes[0][1].plot(xs, [vals[v] for v in xs], color=colors[name], marker="s", ms=3, ls="--", label=name)
+        else:
+            (xv, yv), = vals.items()
+            axes[0][1].scatter([xv], [yv], color=colors[name], marker="s", s=12, label=name)
+    axes[0][1].set_title(ref_label, fontsize=8)
+    axes[0][1].set_ylabel(ref_ylabel)
+    for ax in axes[0]:
+        ax.set_xlabel(xlabel)
+        if log2x:
+            ax.set_xscale("log", base=2)
+            ticks = sorted(set(ours[x]))
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.invert_xaxis()
+    legend_outside(fig, axes, hue)
     return fig
 
 
-def probe_over_training(metrics: pd.DataFrame, metric: str, ylabel: str, log: bool = True,
-                        hue: str = "norm", col: str = "lr") -> plt.Figure:
-    """A probe metric (median over layers per run) vs step; CI bands over seeds."""
+def probe_over_training(metrics: pd.DataFrame, metric: str, ylabel: str, log: bool = True, hue: str = "norm",
+                        col: str = "lr") -> plt.Figure:
+    """A probe metric (median over layers per run) vs step: mean line, t band, seeds; a panel per ``col``."""
     m = metrics[metrics.metric == metric]
     m = m.groupby([hue, col, "seed", "step"]).value.median().reset_index()
     cols = sorted(m[col].unique())
-    fig, axes = _fig(max(1, len(cols)), w=3.4, h=2.8, sharey=True)
+    fig, axes = fig_grid(max(1, len(cols)), w=3.0, h=2.5, sharey=True)
+    colors = palette(sorted(m[hue].unique(), key=str))
     for ax, c in zip(axes[0], cols):
-        lineci(m[m[col] == c], "step", "value", hue, ax, legend=ax is axes[0][-1])
-        ax.set_title(f"{col} {c:g}" if isinstance(c, float) else f"{col} {c}")
+        lineci(m[m[col] == c], "step", "value", hue, ax, colors)
+        ax.set_title(f"{col} {c:g}" if isinstance(c, float) else f"{col} {c}", fontsize=8)
         ax.set_ylabel(ylabel)
         if log:
             ax.set_yscale("log")
-    fig.tight_layout()
+    legend_outside(fig, axes, hue)
     return fig
 
 
-def band_over_training(metrics: pd.DataFrame, lo: str, hi: str, ylabel: str, log: bool = True) -> plt.Figure:
-    """The [min, max] band of a line-search probe vs step (mean over seeds) per norm and lr."""
+def band_over_training(metrics: pd.DataFrame, lo: str, hi: str, ylabel: str, hue: str = "norm",
+                       log: bool = True) -> plt.Figure:
+    """The [min, max] range of a line-search probe vs step: per ``hue`` a band between the
+    seed means of min and max, with its mean line (the band's centre); a panel per lr."""
     m = metrics[metrics.metric.isin([lo, hi])]
-    m = m.groupby(["norm", "lr", "step", "metric"]).value.mean().unstack("metric").reset_index()
+    m = m.groupby([hue, "lr", "step", "metric"]).value.mean().unstack("metric").reset_index()
     lrs = sorted(m.lr.unique())
-    fig, axes = _fig(max(1, len(lrs)), w=3.4, h=2.8, sharey=True)
-    norms = sorted(m.norm.unique())
-    pal = dict(zip(norms, sns.color_palette(n_colors=len(norms))))
+    fig, axes = fig_grid(max(1, len(lrs)), w=3.0, h=2.5, sharey=True)
+    colors = palette(sorted(m[hue].unique(), key=str))
     for ax, lr in zip(axes[0], lrs):
-        for norm in norms:
-            g = m[(m.lr == lr) & (m.norm == norm)].sort_values("step")
+        for h in colors:
+            g = m[(m.lr == lr) & (m[hue] == h)].sort_values("step")
             if len(g):
-                ax.fill_between(g.step, g[lo], g[hi], alpha=0.35, color=pal[norm], label=norm)
-        ax.set_title(f"lr {lr:g}")
+                ax.fill_between(g.step, g[lo], g[hi], alpha=0.25, color=colors[h], lw=0)
+                centre = np.sqrt(g[lo] * g[hi]) if log else (g[lo] + g[hi]) / 2
+                ax.plot(g.step, centre, color=colors[h], lw=1.2, label=str(h))
+        ax.set_title(f"lr {lr:g}", fontsize=8)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("step")
         if log:
             ax.set_yscale("log")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    legend_outside(fig, axes, hue)
     return fig
 
 
-def accuracy_bars(summary: pd.DataFrame) -> plt.Figure:
-    """Final test accuracy per norm and lr, seeds as points (diverged runs at 0, marked x)."""
-    fig, axes = _fig(w=6, h=3.2)
-    ax = axes[0][0]
-    s = summary.assign(acc=summary.final_test_acc.where(~summary.diverged.astype(bool), 0.0))
-    sns.barplot(s, x="norm", y="acc", hue="lr", errorbar=CI, seed=BOOT_SEED, ax=ax, alpha=0.8)
-    div = s[s.diverged.astype(bool)]
-    if len(div):
-        ax.scatter([list(s.norm.unique()).index(n) for n in div.norm], [0.02] * len(div), marker="x", color="k",
-                   label="diverged run")
-    ax.set_ylabel("final test accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, title="lr")
-    fig.tight_layout()
-    return fig
-
-
-def rel_loss(metrics: pd.DataFrame) -> plt.Figure:
-    """Bjorck: L(W − αg)/L(W) vs α at the first mini-batches (log-log), per norm."""
+def rel_loss(metrics: pd.DataFrame, hue: str = "norm") -> plt.Figure:
+    """Bjorck: L(W − αg)/L(W) vs α at the first mini-batches (log-log), a panel per training lr."""
     m = metrics[metrics.metric == "rel_loss"]
+    m = m.groupby([hue, "lr", "seed", "step_size"]).value.median().reset_index()
     lrs = sorted(m.lr.unique())
-    fig, axes = _fig(max(1, len(lrs)), w=3.6, h=3.0, sharey=True)
+    fig, axes = fig_grid(max(1, len(lrs)), w=3.0, h=2.6, sharey=True)
+    colors = palette(sorted(m[hue].unique(), key=str))
     for ax, lr in zip(axes[0], lrs):
-        d = m[m.lr == lr]
-        lineci(d, "step_size", "value", "norm", ax, legend=ax is axes[0][-1], marker="o")
+        lineci(m[m.lr == lr], "step_size", "value", hue, ax, colors, marker="o")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("step size α along −g")
         ax.set_ylabel("L(W − αg) / L(W)")
-        ax.set_title(f"first steps, training lr {lr:g}")
-    fig.tight_layout()
+        ax.set_title(f"first steps, training lr {lr:g}", fontsize=8)
+    legend_outside(fig, axes, hue)
     return fig
 
 
@@ -192,21 +229,23 @@ def activations_by_depth(metrics: pd.DataFrame, stat: str = "act_std", hue: str 
     """Per-layer activation statistic vs depth, at the first and last probed step."""
     m = layer_index(metrics[metrics.metric == stat])
     steps = steps or sorted({int(m.step.min()), int(m.step.max())})
-    fig, axes = _fig(len(steps), w=3.8, h=3.0, sharey=True)
+    fig, axes = fig_grid(len(steps), w=3.2, h=2.6, sharey=True)
+    colors = palette(sorted(m[hue].unique(), key=str))
     for ax, st in zip(axes[0], steps):
-        lineci(m[m.step == st], "depth", "value", hue, ax, legend=ax is axes[0][-1])
-        ax.set_yscale("log")
+        lineci(m[m.step == st], "depth", "value", hue, ax, colors)
+        if stat == "act_std":
+            ax.set_yscale("log")
         ax.set_xlabel("layer")
         ax.set_ylabel(stat.replace("act_", "activation "))
-        ax.set_title(f"step {st}")
-    fig.tight_layout()
+        ax.set_title(f"step {st}", fontsize=8)
+    legend_outside(fig, axes, hue)
     return fig
 
 
 def contours(surfaces: dict[str, tuple], paths: dict[str, pd.DataFrame]) -> plt.Figure:
     """Error-surface contours (w1, w2; bias optimal) with the GD path, one panel per scaling."""
     names = list(surfaces)
-    fig, axes = _fig(len(names), w=3.4, h=3.2)
+    fig, axes = fig_grid(len(names), w=2.9, h=2.8)
     for ax, name in zip(axes[0], names):
         W1, W2, L, w_star = surfaces[name]
         lo = L.min()
@@ -219,25 +258,28 @@ def contours(surfaces: dict[str, tuple], paths: dict[str, pd.DataFrame]) -> plt.
         ax.plot(w_star[0], w_star[1], "k*", ms=8, label="optimum")
         ax.set_xlim(W1.min(), W1.max())
         ax.set_ylim(W2.min(), W2.max())
-        ax.set_title(name)
+        ax.set_title(name, fontsize=8)
         ax.set_xlabel("w1")
         ax.set_ylabel("w2")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    legend_outside(fig, axes)
     return fig
 
 
 def empty(message: str) -> plt.Figure:
-    fig, axes = _fig(w=4, h=1.5)
+    fig, axes = fig_grid(w=4, h=1.5)
     axes[0][0].axis("off")
     axes[0][0].text(0.5, 0.5, message, ha="center", va="center")
     return fig
 
 
 def save(fig: plt.Figure, path) -> None:
-    """Write atomically (temp name + rename), then free the figure."""
+    """Write atomically (temp name + rename); legends outside the axes are kept in."""
     from .store import atomic_path
 
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format=str(path).rsplit(".", 1)[-1])
+        fig.savefig(tmp, dpi=DPI, format=str(path).rsplit(".", 1)[-1], bbox_inches="tight",
+                    metadata={"Date": None} if str(path).endswith(".svg") else None)
+
+
+def close(fig: plt.Figure) -> None:
     plt.close(fig)

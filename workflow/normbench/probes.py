@@ -28,7 +28,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .norms import noise_modules
+from .layers import noise_modules
+from .models import block_outputs, probe_layers
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[Params], torch.Tensor]
@@ -184,8 +185,6 @@ def model_params(model: nn.Module) -> Params:
 def layer_groups(model: nn.Module, max_layers: int) -> tuple[list[str], list[list[str]]]:
     """(names of the probed conv/linear layers, their parameter names), at most
     ``max_layers`` spread evenly from first to last."""
-    from .models import probe_layers
-
     # The first layer has no earlier layers, so its ICS is zero by definition: skip it.
     layers = list(probe_layers(model).items())[1:]
     if max_layers and len(layers) > max_layers:
@@ -198,13 +197,6 @@ def layer_groups(model: nn.Module, max_layers: int) -> tuple[list[str], list[lis
             names.append(lname)
             groups.append(ps)
     return names, groups
-
-
-def block_outputs(model: nn.Module) -> dict[str, nn.Module]:
-    """The normalized-and-activated blocks (``NormAct.block``), in forward order."""
-    from .models import BasicBlock, Block
-
-    return {name: m for name, m in model.named_modules() if isinstance(m, (Block, BasicBlock))}
 
 
 @torch.no_grad()

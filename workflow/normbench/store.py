@@ -1,12 +1,15 @@
-"""Parquet schemas, atomic writes, and reading runs back without hive inference.
+"""Parquet schemas, atomic writes, and reading runs back.
 
 Every file appears under its final name complete or not at all: we write a
-temporary sibling and ``os.replace`` it (atomic on POSIX within one directory).
+temporary sibling and ``os.replace`` it (atomic on POSIX within one directory),
+with the permissions the user's umask gives a new file (colleagues on a shared
+cluster read results too), not the 0600 of a temporary file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +18,8 @@ from typing import Iterable, Iterator
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .errors import IncompleteRun
 
 # A run's identity: typed columns carried by every row, so nothing parses a path.
 PARAM_FIELDS = [
@@ -59,10 +64,14 @@ SUMMARY_SCHEMA = pa.schema(
         ("final_test_loss", pa.float64()),
         ("best_test_acc", pa.float64()),
         ("final_train_loss", pa.float64()),
-        ("diverged", pa.bool_()),
+        ("final_train_acc", pa.float64()),
+        ("diverged", pa.bool_()),  # a non-finite loss or one above the bound
         ("diverged_step", pa.int64()),  # null unless diverged
+        ("collapsed", pa.bool_()),  # finite, but ends at chance accuracy
+        ("chance_acc", pa.float64()),
         ("steps", pa.int64()),
         ("examples", pa.int64()),
+        ("workers", pa.int64()),  # data-parallel replicas (norm statistics per replica)
         ("target_acc", pa.float64()),
         ("steps_to_target", pa.int64()),  # null: target never reached
         ("examples_to_target", pa.int64()),
@@ -78,6 +87,14 @@ SUMMARY_SCHEMA = pa.schema(
 )
 
 
+@functools.lru_cache(maxsize=1)
+def _file_mode() -> int:
+    """What ``open()`` would give a new file under this process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place on success."""
@@ -87,6 +104,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _file_mode())  # mkstemp's 0600 would hide results from colleagues
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -102,7 +120,10 @@ def to_table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
 
 
 def write_parquet(df: pd.DataFrame | pa.Table, path: str | Path, schema: pa.Schema | None = None) -> None:
-    table = df if isinstance(df, pa.Table) else (to_table(df, schema) if schema else pa.Table.from_pandas(df, preserve_index=False))
+    if isinstance(df, pa.Table):
+        table = df
+    else:
+        table = to_table(df, schema) if schema else pa.Table.from_pandas(df, preserve_index=False)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
@@ -113,36 +134,35 @@ def write_text(text: str, path: str | Path) -> None:
 
 
 def read_parquet(path: str | Path, schema: pa.Schema | None = None) -> pd.DataFrame:
-    """One file, typed; partitioning=None so hive-style folders are never parsed."""
-    table = pq.read_table(path, schema=schema, partitioning=None)
-    return table.to_pandas()
+    """One file, typed; partitioning=None so folder names are never parsed."""
+    return pq.read_table(path, schema=schema, partitioning=None).to_pandas()
 
 
-class IncompleteRun(RuntimeError):
-    """A run folder that should hold results but does not (message names the path)."""
-
-
-def read_runs(run_dirs: Iterable[str | Path], name: str, schema: pa.Schema) -> pa.Table:
-    """Concatenate ``<run>/<name>`` over the runs; a missing or unreadable file is an error."""
+def read_runs(files: Iterable[str | Path], schema: pa.Schema) -> pa.Table:
+    """Concatenate the runs' files; a missing or unreadable file is an error naming it."""
     tables = []
-    for d in run_dirs:
-        f = Path(d) / name
+    for f in map(Path, files):
         if not f.exists():
-            raise IncompleteRun(f"run {d} has no {name}: it did not finish; re-run the pipeline to complete it")
+            raise IncompleteRun(f"{f} is missing: that run did not finish; re-run the pipeline to complete it")
         try:
             tables.append(pq.read_table(f, schema=schema, partitioning=None))
         except Exception as e:
-            raise IncompleteRun(f"run {d}: {f} is unreadable ({e}); delete the run folder and re-run") from e
-    if not tables:
-        return schema.empty_table()
-    return pa.concat_tables(tables)
+            raise IncompleteRun(f"{f} is unreadable ({e}); delete it and re-run the pipeline") from e
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def aggregate_runs(run_dirs: Iterable[str | Path], summary_path: str | Path, metrics_path: str | Path) -> tuple[int, int]:
-    """One study's runs -> its summary.parquet and metrics.parquet (typed, atomic)."""
-    run_dirs = list(run_dirs)
-    summary = read_runs(run_dirs, "summary.parquet", SUMMARY_SCHEMA)
-    metrics = read_runs(run_dirs, "metrics.parquet", METRICS_SCHEMA)
-    write_parquet(metrics, metrics_path)
+def run_files(results: str | Path, study: str, run_path: str) -> dict[str, Path]:
+    """Where one run's two files live: ``<results>/<study>/runs/{summary,metrics}/<run path>.parquet``.
+    One tree per kind, so a folder holds files of one schema and any reader can take it whole;
+    no ``key=value`` folder names, so no reader infers (mis-typed) columns from the path."""
+    base = Path(results) / study / "runs"
+    return {kind: base / kind / f"{run_path}.parquet" for kind in ("summary", "metrics")}
+
+
+def aggregate_runs(summaries: list, metrics: list, summary_path, metrics_path) -> tuple[int, int]:
+    """One study's run files -> its summary.parquet and metrics.parquet (typed, atomic)."""
+    summary = read_runs(summaries, SUMMARY_SCHEMA)
+    rows = read_runs(metrics, METRICS_SCHEMA)
+    write_parquet(rows, metrics_path)
     write_parquet(summary, summary_path)
-    return summary.num_rows, metrics.num_rows
+    return summary.num_rows, rows.num_rows

@@ -1,95 +1,83 @@
-"""One training run: config in, metric rows and a summary out.
+"""The one training loop: R ≥ 1 runs of identical structure trained together
+(a solo run is a pack of one), nanoGPT-style: readable, lean, resumable.
 
-The loop is lean: data resident on the device, batches are index slices, no
-host synchronisation per step (divergence is tracked on the device and read at
-eval points), ``zero_grad(set_to_none=True)``, foreach optimizers.  Probes
-(``probes.py``) run on the current batch without changing training.
+Lean: data resident on the device, batches are index slices, no host
+synchronisation per step (divergence is tracked on the device and read at eval
+points), ``zero_grad(set_to_none=True)``, foreach torch.optim optimizers with a
+parameter group per member (each member's own learning rate).  Probes
+(``probing.py``) run on a solo run's current batch without changing training.
+Checkpoints hold every member's state; SIGTERM (what SLURM sends before a kill)
+writes one and ends the job, and the next attempt resumes bit for bit.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 import signal
-import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import __version__, probes
-from .config import RunConfig
-from .data import BatchSchedule, Dataset, load_dataset
-from .devices import resolve_device
-from .models import NormAct, build_model, count_params
-from .norms import noise_modules, seed_noise
-from .store import METRICS_SCHEMA, SUMMARY_SCHEMA, atomic_path, write_parquet
+from . import probes
+from .data import BatchSchedule, Dataset
+from .layers import noise_modules, seed_noise, set_run_length, set_workers
+from .members import Eager, Vectorized
+from .models import build_network, count_params
+from .recorder import Recorder, RunResult, collapse_level
+from .settings import RunConfig
+from .store import atomic_path
+
+# Documented agreement of a vectorized pack with the same runs trained solo
+# (float32, CPU), checked by the tests: over the first 20 steps every logged loss
+# and accuracy and the BN running statistics agree within this tolerance.  Bitwise
+# equality is not promised: batched kernels sum in another order, and -- exactly
+# as when a solo run changes its thread count -- rounding differences then grow
+# with training at large learning rates.
+PACK_TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 
 
 class Preempted(RuntimeError):
-    """SIGTERM arrived; a checkpoint was written and the run can resume."""
+    """SIGTERM arrived; a checkpoint was written and the runs can resume."""
 
 
-def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: RunConfig, groups: list[dict]) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     momentum = cfg.momentum if cfg.optimizer == "momentum" else 0.0
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay, foreach=True)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay, foreach=True)
 
 
-def make_schedule(cfg: RunConfig, opt, total_steps: int):
-    if cfg.schedule == "step":
-        every = cfg.schedule_step_every or max(1, total_steps // 3)
-        return torch.optim.lr_scheduler.StepLR(opt, every, cfg.schedule_gamma)
+def make_schedule(cfg: RunConfig, opt, total: int):
+    if cfg.schedule == "step":  # fractions of the run, so that runs of other lengths decay at the same point
+        milestones = sorted({max(1, int(f * total)) for f in cfg.schedule_milestones})
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones, cfg.schedule_gamma)
     if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     return None
 
 
-def criterion_for(task: str):
-    return F.mse_loss if task == "regression" else F.cross_entropy
+def criterion_for(task: str, summed: bool = False):
+    """The training loss: mean over the batch, or its sum (``loss_sum``); evaluation always reports the mean."""
+    base = F.mse_loss if task == "regression" else F.cross_entropy
+    if not summed:
+        return base
+    return lambda out, y, reduction="sum": base(out, y, reduction=reduction)
 
 
 def total_steps(cfg: RunConfig, n_train: int) -> int:
     if cfg.epochs is not None:
-        return max(1, math.ceil(cfg.epochs * (n_train // cfg.batch_size)))
+        return max(1, math.ceil(cfg.epochs * (n_train // (cfg.batch_size * cfg.workers))))
     return cfg.steps
 
 
-@functools.lru_cache(maxsize=1)
-def git_revision() -> str:
-    try:
-        here = Path(__file__).resolve().parent
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
-
-
-@dataclass
-class RunResult:
-    metrics: pd.DataFrame
-    summary: dict
-    diverged: bool = False
-
-    def write(self, out_dir: str | Path) -> None:
-        out = Path(out_dir)
-        write_parquet(self.metrics, out / "metrics.parquet", METRICS_SCHEMA)
-        # summary last: its presence marks the run complete
-        write_parquet(pd.DataFrame([self.summary]), out / "summary.parquet", SUMMARY_SCHEMA)
-
-
-@dataclass
 class _Sigterm:
-    """Turns SIGTERM (what SLURM sends before a kill) into a checkpoint and a clean exit."""
+    """Turns SIGTERM into a flag the loop checks after each step."""
 
-    hit: bool = False
-    _old: object = None
+    hit = False
 
     def __enter__(self):
         try:
@@ -106,337 +94,230 @@ class _Sigterm:
             signal.signal(signal.SIGTERM, self._old)
 
 
-@dataclass
-class Recorder:
-    """One run's metric rows and running summary; shared by solo and vectorized training."""
-
-    cfg: RunConfig
-    per_epoch: int
-    classification: bool
-    rows: list = field(default_factory=list)
-    best_acc: float = float("nan")
-    steps_to_target: int | None = None
-    elapsed: float = 0.0  # wall time of earlier attempts (resume)
-    probe_time: float = 0.0
-    t0: float = field(default_factory=time.perf_counter)
-
-    def row(self, step, split, metric, value, layer=None, step_size=None):
-        self.rows.append({
-            "step": step, "epoch": step / self.per_epoch, "examples": step * self.cfg.batch_size,
-            "split": split, "metric": metric, "layer": layer, "step_size": step_size,
-            "value": float(value), "wall_time_s": self.wall(),
-        })
-
-    def wall(self) -> float:
-        return self.elapsed + time.perf_counter() - self.t0
-
-    def eval_point(self, step, seen: int, train_loss_sum: float, train_correct: float,
-                   test_loss: float, test_acc: float | None) -> None:
-        """Train metrics since the last eval point, then test metrics."""
-        if seen:
-            self.row(step, "train", "loss", train_loss_sum / seen)
-            if self.classification:
-                self.row(step, "train", "acc", train_correct / (seen * self.cfg.batch_size))
-        self.row(step, "test", "loss", test_loss)
-        if self.classification:
-            self.row(step, "test", "acc", test_acc)
-            self.best_acc = test_acc if math.isnan(self.best_acc) else max(self.best_acc, test_acc)
-            if self.cfg.target_acc is not None and self.steps_to_target is None and test_acc >= self.cfg.target_acc:
-                self.steps_to_target = step
-
-    def result(self, steps: int, first_bad: int, num_params: int, device) -> RunResult:
-        cfg, identity = self.cfg, self.cfg.identity()
-        wall = self.wall()
-        metrics = pd.DataFrame(self.rows, columns=[f.name for f in METRICS_SCHEMA if f.name not in identity])
-        for k, v in identity.items():
-            metrics[k] = v
-        pick = lambda split, metric: _last(metrics, split, metric)  # noqa: E731
-        summary = {
-            **identity, **cfg.provenance(),
-            "final_test_acc": pick("test", "acc"), "final_test_loss": pick("test", "loss"),
-            "best_test_acc": self.best_acc, "final_train_loss": pick("train", "loss"),
-            "diverged": first_bad >= 0, "diverged_step": first_bad if first_bad >= 0 else None,
-            "steps": steps, "examples": steps * cfg.batch_size, "target_acc": cfg.target_acc,
-            "steps_to_target": self.steps_to_target,
-            "examples_to_target": None if self.steps_to_target is None else self.steps_to_target * cfg.batch_size,
-            "wall_time_s": wall, "train_time_s": wall - self.probe_time, "probe_time_s": self.probe_time,
-            "num_params": num_params, "device": str(device), "torch_version": torch.__version__,
-            "normbench_version": __version__, "git_rev": git_revision(),
-        }
-        return RunResult(metrics, summary, first_bad >= 0)
-
-    def state(self) -> dict:
-        return {"rows": self.rows, "best_acc": self.best_acc, "steps_to_target": self.steps_to_target,
-                "elapsed": self.wall(), "probe_time": self.probe_time}
-
-    def load_state(self, s: dict) -> None:
-        self.rows, self.best_acc, self.steps_to_target = s["rows"], s["best_acc"], s["steps_to_target"]
-        self.elapsed, self.probe_time, self.t0 = s["elapsed"], s["probe_time"], time.perf_counter()
-
-
-def _last(metrics: pd.DataFrame, split: str, metric: str) -> float:
-    v = metrics.loc[(metrics.split == split) & (metrics.metric == metric), "value"]
-    return float(v.iloc[-1]) if len(v) else float("nan")
-
-
 @torch.no_grad()
-def evaluate_model(forward, data: Dataset, criterion, members: bool = False, chunk: int = 1024):
-    """(mean test loss, accuracy) of ``forward(x)`` over the test set.  With
-    ``members`` the outputs carry a leading member dim (a vectorized pack) and
-    both results are per member.  Regression: loss per output, accuracy 0."""
+def evaluate_model(forward, data: Dataset, criterion, chunk: int = 1024):
+    """Per member: (mean test loss, accuracy) of ``forward(x) -> (R, n, outputs)``
+    over the test set.  Regression: mean loss per output, accuracy 0."""
     n, regression = len(data.x_test), data.task == "regression"
     loss_sum = correct = 0
     for i in range(0, n, chunk):
         x, y = data.x_test[i:i + chunk], data.y_test[i:i + chunk]
         out = forward(x)
-        if not members:
-            out = out.unsqueeze(0)
         per = criterion(out.flatten(0, 1), y.repeat(out.shape[0], *([1] * (y.dim() - 1))), reduction="none")
         per = per.reshape(out.shape[0], -1).sum(1)
         loss_sum = loss_sum + (per / out.shape[-1] if regression else per)
         if not regression:
             correct = correct + (out.argmax(-1) == y).sum(-1)
-    loss, acc = loss_sum / n, torch.as_tensor(correct, dtype=torch.float64) / n
-    return (loss, acc) if members else (loss[0], acc.reshape(-1)[0])
+    return loss_sum / n, torch.as_tensor(correct, dtype=torch.float64) / n
 
 
-@dataclass
 class Trainer:
-    """One run's state.  ``run()`` trains to the end (or divergence)."""
+    """The runs ``cfgs`` (identical but for lr and seed) trained together; ``run()``
+    trains to the end, each member stopping at the eval point after it diverges."""
 
-    cfg: RunConfig
-    data: Dataset
-    checkpoint_path: Path | None = None
-    progress: Callable[[str], None] | None = None
-
-    def __post_init__(self):
-        cfg = self.cfg
-        self.device = self.data.x_train.device
-        torch.manual_seed(cfg.seed)
-        na = NormAct(cfg.norm_kind, cfg.norm_options, cfg.activation, cfg.placement, cfg.init)
-        self.model = build_model(cfg.model_kind, self.data.input_shape, self.data.num_outputs, na,
-                                 cfg.model_options).to(self.device)
-        seed_noise(self.model, cfg.seed)
-        if cfg.channels_last and len(self.data.input_shape) == 3:
-            self.model = self.model.to(memory_format=torch.channels_last)
-            self.data = _channels_last(self.data)
-        # the training forward; probes and evaluation call the plain module
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-        self.total = total_steps(cfg, len(self.data.x_train))
-        self.opt = make_optimizer(cfg, self.model.parameters())
-        self.sched = make_schedule(cfg, self.opt, self.total)
-        self.criterion = criterion_for(self.data.task)
-        self.batches = BatchSchedule(len(self.data.x_train), cfg.batch_size, cfg.seed, self.device)
-        self.rec = Recorder(cfg, self.batches.per_epoch, self.data.task == "classification")
+    def __init__(self, cfgs: list[RunConfig], data: Dataset, checkpoint: Path | None = None,
+                 progress: Callable[[str], None] | None = None):
+        c0 = cfgs[0]
+        if any(c.structure() != c0.structure() for c in cfgs):
+            raise ValueError("a pack's runs must agree in everything but lr and seed")
+        self.cfgs, self.cfg, self.progress = cfgs, c0, progress
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.device = data.x_train.device
+        self.models = []
+        for cfg in cfgs:  # exactly the solo construction, member by member
+            m = build_network(cfg, data.input_shape, data.num_outputs).to(self.device)
+            seed_noise(m, cfg.seed)
+            self.models.append(m)
+        if c0.channels_last and len(data.input_shape) == 3:
+            self.models[0] = self.models[0].to(memory_format=torch.channels_last)
+            cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+            data = Dataset(data.name, cl(data.x_train), data.y_train, cl(data.x_test), data.y_test, data.task,
+                           data.num_outputs)
+        self.data = data
+        batch = c0.batch_size * c0.workers
+        self.total = total_steps(c0, len(data.x_train))
+        for m in self.models:
+            set_run_length(m, self.total)
+            set_workers(m, c0.workers)  # the batch is W workers × N: each worker's slice normalized on its own
+        if len(cfgs) == 1:
+            self.net = Eager(self.models[0], torch.compile(self.models[0]) if c0.compile else None)
+        else:
+            self.net = Vectorized(self.models)
+        self.opt = make_optimizer(c0, [{"params": list(m.parameters()), "lr": c.lr} for m, c in zip(self.models, cfgs)])
+        self.sched = make_schedule(c0, self.opt, self.total)
+        self.criterion = criterion_for(data.task, c0.loss_sum)  # what training (and the probes) minimize
+        self.eval_criterion = criterion_for(data.task)
+        self.classification = data.task == "classification"
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c0.bf16)
+        self.batches = [BatchSchedule(len(data.x_train), batch, c.seed, self.device) for c in cfgs]
+        chance = 1.0 / data.num_outputs if self.classification else float("nan")
+        self.recs = [Recorder(c, self.batches[0].per_epoch, self.classification, chance,
+                              collapse_level(chance, len(data.x_test))) for c in cfgs]
+        R = len(cfgs)
+        self.first_bad = torch.full((R,), -1, dtype=torch.long, device=self.device)
+        self.active = [True] * R  # still recording (a diverged member stops at its eval point)
+        self.stopped_at: list[int | None] = [None] * R
         self.step = 0
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self._reset_accumulators()
-        self.probe_names, self.probe_groups = probes.layer_groups(self.model, cfg.probe_layers)
-        self.param_order = list(probes.model_params(self.model))
-        if self.checkpoint_path and Path(self.checkpoint_path).exists():
+        self.probing = None
+        if c0.probes:
+            from .probing import Probing
+
+            self.probing = Probing(self)
+        if self.checkpoint and self.checkpoint.exists():
             self._load_checkpoint()
 
-    # -- bookkeeping ---------------------------------------------------------
-
     def _reset_accumulators(self):
-        self.loss_sum = torch.zeros((), device=self.device)
-        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
+        R = len(self.cfgs)
+        self.loss_sum = torch.zeros(R, device=self.device, dtype=getattr(torch, self.cfg.dtype))
+        self.correct = torch.zeros(R, device=self.device, dtype=torch.long)
         self.seen = 0
 
-    def _row(self, split, metric, value, layer=None, step_size=None):
-        self.rec.row(self.step, split, metric, value, layer, step_size)
-
-    def _say(self, msg: str):
+    def say(self, msg: str):
         if self.progress:
             self.progress(msg)
 
     # -- the loop --------------------------------------------------------------
 
-    def run(self) -> RunResult:
+    def run(self) -> list[RunResult]:
         cfg = self.cfg
-        self.rec.t0 = time.perf_counter()
+        t0 = time.perf_counter()
+        for rec in self.recs:
+            rec.t0 = t0
         last_ckpt = time.monotonic()
         if self.step == 0:
             self.evaluate()
         with _Sigterm() as term:
-            while self.step < self.total:
-                epoch, idx = self.batches(self.step)
-                x, y = self.data.x_train[idx], self.data.y_train[idx]
-                if self._probe_due():
-                    self.train_step_with_probes(x, y)
+            while self.step < self.total and any(self.active):
+                x, y = self.batch()
+                if self.probing and self.probing.due(self.step):
+                    self.probing.step(x, y)
                 else:
                     self.train_step(x, y)
                 self.step += 1
                 if self.step % cfg.eval_every == 0 or self.step == self.total:
-                    if self.evaluate():
-                        break
+                    self.evaluate()
                 if term.hit:
                     self.save_checkpoint()
-                    raise Preempted(f"SIGTERM at step {self.step}; checkpoint {self.checkpoint_path}")
-                if self.checkpoint_path and (
-                        (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
-                        or time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes):
+                    raise Preempted(f"SIGTERM at step {self.step}; checkpoint {self.checkpoint}")
+                if self.checkpoint and ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+                                        or time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes):
                     self.save_checkpoint()
                     last_ckpt = time.monotonic()
-        return self.result()
+        return self.results()
 
-    def train_step(self, x, y, keep_grad: bool = False):
-        """One optimizer step; with ``keep_grad`` return g = ∇L(W_t; B_t) by name."""
-        if not self.model.training:  # train() walks every module: only switch back after an eval
-            self.model.train()
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's batch of every member: (R, W·N, ...)."""
+        idx = [b(self.step)[1] for b in self.batches]
+        if len(idx) == 1:
+            return self.data.x_train[idx[0]].unsqueeze(0), self.data.y_train[idx[0]].unsqueeze(0)
+        return torch.stack([self.data.x_train[i] for i in idx]), torch.stack([self.data.y_train[i] for i in idx])
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, keep_grad: bool = False):
+        """One optimizer step of every member; with ``keep_grad`` (a solo run) return
+        g = ∇L(W_t; B_t) by parameter name."""
         with self.autocast:
-            out = self.forward(x)
-        loss = self.criterion(out.float(), y)
+            out = self.net.train_forward(x)
+        out = out.float() if self.cfg.bf16 else out
+        if self.net.vectorized:
+            per = self.criterion(out.flatten(0, 1), y.flatten(0, 1), reduction="none").reshape(len(self.cfgs), -1)
+            loss = per.sum(1) if self.cfg.loss_sum else per.mean(1)
+        else:
+            loss = self.criterion(out[0], y[0]).reshape(1)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.sum().backward()
         g = None
         if keep_grad:
             g = {k: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
-                 for k, p in self.model.named_parameters()}
+                 for k, p in self.models[0].named_parameters()}
+        for r, live in enumerate(self.active):
+            if not live:  # a member that diverged stays where it stopped
+                for p in self.models[r].parameters():
+                    p.grad = None
         self.opt.step()
         if self.sched is not None:
             self.sched.step()
         loss = loss.detach()
         bad = ~torch.isfinite(loss) | (loss > self.cfg.diverge_loss)
         self.first_bad = torch.where(bad & (self.first_bad < 0), self.step, self.first_bad)
-        self.loss_sum += loss
-        if self.data.task == "classification":
-            self.correct += (out.detach().argmax(1) == y).sum()
+        # recorded as the mean per sample (per output in regression), whatever the training loss sums
+        self.loss_sum += loss / (out[0].numel() if self.data.task == "regression" else y.shape[1]) if self.cfg.loss_sum \
+            else loss
+        if self.classification:
+            self.correct += (out.detach().argmax(-1) == y).sum(-1)
         self.seen += 1
         return g
 
-    # -- probes ----------------------------------------------------------------
-
-    def _probe_due(self) -> bool:
-        cfg = self.cfg
-        if not cfg.probes:
-            return False
-        if "rel_loss" in cfg.probes and self.step < cfg.rel_loss_steps:
-            return True
-        return bool(cfg.probe_every) and self.step % cfg.probe_every == 0
-
-    def train_step_with_probes(self, x, y):
-        """The real step on B_t -- its gradient is the probes' g -- then the
-        measurements on the same batch, from copies of W_t and W_{t+1}, with the
-        RNG and BN statistics as they were at step t."""
-        cfg = self.cfg
-        loss_fn = probes.FunctionalLoss(self.model, self.criterion, x, y)  # state at step t
-        before = loss_fn.params()
-        exact = not (cfg.bf16 or cfg.compile)  # else the step's gradient is not the fp32 eager one
-        g = self.train_step(x, y, keep_grad=exact)
-        t = time.perf_counter()
-        periodic = bool(cfg.probe_every) and self.step % cfg.probe_every == 0
-        with torch.enable_grad():
-            if g is None:
-                _, g = probes.grad(loss_fn, before)
-            if periodic and "landscape" in cfg.probes:
-                ls = probes.line_search(loss_fn, before, [e * cfg.lr for e in cfg.landscape_etas], g)
-                for name, v in (("landscape_min", min(ls.losses)), ("landscape_max", max(ls.losses)),
-                                ("grad_pred_min", min(ls.grad_diffs)), ("grad_pred_max", max(ls.grad_diffs)),
-                                ("beta_eff", ls.beta_eff)):
-                    self._row("probe", name, v)
-            if periodic and "ics" in cfg.probes:
-                after = {k: v.detach() for k, v in probes.model_params(self.model).items()}
-                res = probes.ics(loss_fn, before, after, self.probe_groups, self.param_order, g)
-                for i, (l2, cos) in res.items():
-                    self._row("probe", "ics_l2", l2, layer=self.probe_names[i])
-                    self._row("probe", "ics_cos", cos, layer=self.probe_names[i])
-        if "rel_loss" in cfg.probes and self.step < cfg.rel_loss_steps:
-            for a, v in zip(cfg.rel_loss_alphas, probes.relative_loss(loss_fn, before, cfg.rel_loss_alphas, g)):
-                self._row("probe", "rel_loss", v, step_size=a)
-        if periodic and "act_stats" in cfg.probes:
-            for layer, (m, s) in probes.activation_stats(loss_fn, before).items():
-                self._row("probe", "act_mean", m, layer=layer)
-                self._row("probe", "act_std", s, layer=layer)
-        self.rec.probe_time += time.perf_counter() - t
-
     # -- evaluation --------------------------------------------------------------
 
-    def evaluate(self) -> bool:
-        """Log train/test metrics; True if the run has diverged (ends it)."""
-        self.model.eval()
-        loss, acc = evaluate_model(self.model, self.data, self.criterion)
-        classification = self.data.task == "classification"
-        self.rec.eval_point(self.step, self.seen, float(self.loss_sum), float(self.correct), float(loss),
-                            float(acc) if classification else None)
+    def evaluate(self) -> None:
+        """Log train/test metrics of every active member; a member that diverged stops here."""
+        self.net.eval()
+        loss, acc = evaluate_model(self.net.eval_forward, self.data, self.eval_criterion)
+        first_bad = self.first_bad.tolist()
+        for r, rec in enumerate(self.recs):
+            if not self.active[r]:
+                continue
+            rec.eval_point(self.step, self.seen, float(self.loss_sum[r]), float(self.correct[r]), float(loss[r]),
+                           float(acc[r]) if self.classification else None)
+            if first_bad[r] >= 0:  # where a solo run stops
+                self.active[r], self.stopped_at[r] = False, self.step
         self._reset_accumulators()
-        diverged = int(self.first_bad) >= 0
-        self._say(f"step {self.step:>6}/{self.total}  test loss {float(loss):.4g}"
-                  + (f"  acc {float(acc):.3f}" if classification else "") + ("  DIVERGED" if diverged else ""))
-        return diverged
+        live = [float(v) for v, a in zip(loss, self.active) if a and math.isfinite(float(v))]
+        shown = (f"  acc {float(acc[0]):.3f}" if self.classification and len(self.cfgs) == 1 else "")
+        self.say(f"step {self.step:>6}/{self.total}  test loss {(sum(live) / len(live)) if live else float('nan'):.4g}"
+                 + shown + (f"  ({sum(self.active)}/{len(self.cfgs)} runs live)" if len(self.cfgs) > 1 else "")
+                 + ("" if any(self.active) or len(self.cfgs) > 1 else "  DIVERGED"))
 
-    def result(self) -> RunResult:
-        return self.rec.result(self.step, int(self.first_bad), count_params(self.model), self.device)
+    def results(self) -> list[RunResult]:
+        self.net.sync()
+        first_bad = self.first_bad.tolist()
+        n_params = count_params(self.models[0])
+        out = []
+        for r, rec in enumerate(self.recs):
+            if len(self.recs) > 1:  # each member's share of the pack's time
+                rec.elapsed, rec.t0 = rec.wall() / len(self.recs), time.perf_counter()
+            steps = self.stopped_at[r] if self.stopped_at[r] is not None else self.step
+            out.append(rec.result(steps, first_bad[r], n_params, self.device))
+        return out
 
     # -- checkpoints -------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        if not self.checkpoint_path:
+        if not self.checkpoint:
             return
         state = {
-            "step": self.step,
-            "recorder": self.rec.state(),
-            "model": self.model.state_dict(),
-            "opt": self.opt.state_dict(),
+            "runs": [c.identity() for c in self.cfgs], "step": self.step,
+            "recorders": [r.state() for r in self.recs], "models": [m.state_dict() for m in self.models],
+            "net": self.net.state(), "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict() if self.sched else None,
-            "rng": probes.rng_state(self.model),
-            "first_bad": self.first_bad.cpu(),
+            "rng": [probes.rng_state(m) for m in self.models],
+            "first_bad": self.first_bad.cpu(), "active": self.active, "stopped_at": self.stopped_at,
             "loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen,
         }
-        with atomic_path(self.checkpoint_path) as tmp:
+        with atomic_path(self.checkpoint) as tmp:
             torch.save(state, tmp)
 
     def _load_checkpoint(self) -> None:
-        s = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(s["model"])
+        s = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        if s["runs"] != [c.identity() for c in self.cfgs]:
+            self.say(f"checkpoint {self.checkpoint} is for other runs: starting afresh")
+            return
+        for m, sd in zip(self.models, s["models"]):
+            m.load_state_dict(sd)
+        self.net.load_state(s["net"])
         self.opt.load_state_dict(s["opt"])
         if self.sched and s["sched"]:
             self.sched.load_state_dict(s["sched"])
-        # noise layers draw lazily: make their generators exist before restoring state
-        for m in noise_modules(self.model):
-            m._gen(self.device)
-        rng = s["rng"]
-        rng["cpu"] = rng["cpu"].cpu()
-        probes.set_rng_state(self.model, {**rng, "noise": [None if n is None else n.cpu() for n in rng["noise"]]})
+        for m, rng in zip(self.models, s["rng"]):
+            for layer in noise_modules(m):  # noise layers draw lazily: make their generators exist first
+                layer.ensure_generator(self.device)
+            probes.set_rng_state(m, {**rng, "cpu": rng["cpu"].cpu(),
+                                     "noise": [None if n is None else n.cpu() for n in rng["noise"]]})
         self.step = s["step"]
-        self.rec.load_state(s["recorder"])
+        for rec, st in zip(self.recs, s["recorders"]):
+            rec.load_state(st)
         self.first_bad = s["first_bad"].to(self.device)
+        self.active, self.stopped_at = s["active"], s["stopped_at"]
         self.loss_sum, self.correct, self.seen = s["loss_sum"].to(self.device), s["correct"].to(self.device), s["seen"]
-        self._say(f"resumed from {self.checkpoint_path} at step {self.step}")
-
-
-def _channels_last(d: Dataset) -> Dataset:
-    cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
-    return Dataset(d.name, cl(d.x_train), d.y_train, cl(d.x_test), d.y_test, d.task, d.num_outputs)
-
-
-_DATA_CACHE: dict = {}
-
-
-def get_data(cfg: RunConfig, device) -> Dataset:
-    """Load a dataset once per process (a pack's runs share it)."""
-    key = (cfg.dataset, str(cfg.data_dir), str(device))
-    if key not in _DATA_CACHE:
-        _DATA_CACHE[key] = load_dataset(cfg.dataset, cfg.data_dir, device)
-    return _DATA_CACHE[key]
-
-
-def train(cfg: RunConfig, out_dir: str | Path | None = None, checkpoint_path: str | Path | None = None,
-          progress: Callable[[str], None] | None = None) -> RunResult:
-    """Train one run; write ``metrics.parquet`` and ``summary.parquet`` into ``out_dir``."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.runner == "linear_gd":
-        from .feature_scaling import train as train_linear_gd
-
-        result = train_linear_gd(cfg, progress)
-    else:
-        device = resolve_device(cfg.device)
-        trainer = Trainer(cfg, get_data(cfg, device), Path(checkpoint_path) if checkpoint_path else None, progress)
-        result = trainer.run()
-    if out_dir is not None:
-        result.write(out_dir)
-    if checkpoint_path and Path(checkpoint_path).exists():
-        os.unlink(checkpoint_path)
-    return result
+        self.say(f"resumed from {self.checkpoint} at step {self.step}")

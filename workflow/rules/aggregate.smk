@@ -1,9 +1,6 @@
-# Per study: every run's Parquet -> results/<study>/{summary,metrics}.parquet.
-
-
-# Light work that reads many small files: it runs where Snakemake runs, not as cluster jobs.
-localrules:
-    aggregate,
+# Per study: every run's Parquet -> results/<study>/{summary,metrics}.parquet, then the
+# paper's claims checked on them -> results/<study>/claims.parquet.  Light work that reads
+# many small files: it runs where Snakemake runs, not as cluster jobs.
 
 
 rule aggregate:
@@ -12,11 +9,28 @@ rule aggregate:
     output:
         summary=f"{RESULTS}/{{study}}/summary.parquet",
         metrics=f"{RESULTS}/{{study}}/metrics.parquet",
-    params:
-        runs=lambda w: PIPE.run_dirs(w.study),
     log:
         "logs/aggregate/{study}.log",
+    localrule: True
+    conda:
+        ENV
+    params:
+        summaries=lambda w: PIPE.files(w.study, "summary"),
+        metrics=lambda w: PIPE.files(w.study, "metrics"),
+    script:
+        "../scripts/aggregate.py"
+
+
+rule claims:
+    input:
+        summary=f"{RESULTS}/{{study}}/summary.parquet",
+        metrics=f"{RESULTS}/{{study}}/metrics.parquet",
+    output:
+        f"{RESULTS}/{{study}}/claims.parquet",
+    log:
+        "logs/claims/{study}.log",
+    localrule: True
     conda:
         ENV
     script:
-        "../scripts/aggregate.py"
+        "../scripts/claims.py"

@@ -1,27 +1,38 @@
-# Config -> validated pipeline (names, combinations, files) -> targets.
-# Every check runs here, before any job starts; messages name the config key.
+# Config -> checked pipeline (names, combinations, files) -> targets.
+# Every check runs here, before any job starts; a mistake is one message naming
+# the file, the key, the value and the allowed values -- no traceback.
 import os
+import re
 import sys
+import time
 
-# The package lives beside the rules; jobs (local, conda, SLURM) find it through PYTHONPATH.
-PACKAGE_DIR = os.path.join(workflow.basedir, "workflow")
+# The package lives beside these rules (also when this workflow is used as a module
+# of another one); jobs (local, conda, SLURM) find it through PYTHONPATH.
+PACKAGE_DIR = os.path.normpath(os.path.join(workflow.current_basedir, ".."))
 sys.path.insert(0, PACKAGE_DIR)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_DIR, os.environ.get("PYTHONPATH")])))
 
-import normbench.pipeline as nbp
-from normbench.reports import ARTIFACTS
+from normbench import config as nb_config
+from normbench.errors import ConfigError
+from normbench.pack import pipeline_stats
+from normbench.pipeline import Pipeline
+from normbench.report import artifacts
 from normbench.studies import STUDIES
 
 ENV = "../../envs/environment.yaml"
+CONFIG_SOURCE = ", ".join(map(str, workflow.configfiles)) or "the config"
 
-nbp.coerce_numbers(config)  # YAML reads 1e-3 (no dot) as a string
-nbp.validate_schema(config)  # snakemake.utils.validate + the failing key in the message
-PIPE = nbp.Pipeline.from_config(config)
+try:
+    CONFIG = nb_config.load(config)
+    PIPE = Pipeline.from_config(CONFIG)
+except ConfigError as e:
+    sys.exit(f"normbench: config error in {CONFIG_SOURCE}: {e}")
 RESULTS = PIPE.results
+_STARTED = []
 
 
 wildcard_constraints:
-    study="|".join(STUDIES),
+    study="|".join(PIPE.studies),
     dataset="[a-z0-9_]+",
 
 
@@ -30,10 +41,8 @@ def all_targets():
 
 
 def dataset_markers(wildcards):
-    from normbench.data import TORCHVISION
-
     datasets = {job["config"]["dataset"] for job in PIPE.pack_jobs(wildcards.study, wildcards.pack)}
-    return [f"{PIPE.data_dir}/{d}/verified.json" for d in sorted(datasets) if d in TORCHVISION]
+    return [f"{PIPE.data_dir}/{d}/verified.json" for d in sorted(datasets & PIPE.downloads())]
 
 
 def report_targets():
@@ -41,20 +50,42 @@ def report_targets():
 
 
 def report_outputs(study):
-    """A study's report files (normbench.reports.ARTIFACTS), figures and tables
-    marked for the HTML report with the caption the job writes from the data."""
-    title = STUDIES[study].title
-    # written by the report job itself, in the working directory (not beside the rules)
-    caption = lambda name: os.path.abspath(f"reports/{study}/captions/{name}.rst")
-    out = {"md": f"reports/{study}/README.md", "finding": f"reports/{study}/finding.json"}
+    """A study's report files (normbench.report.artifacts); figures and tables marked for the
+    HTML report with the caption the job writes from the data (captions are outputs too)."""
+    st = STUDIES.get(study)
+    files = artifacts(st)
+    base = f"reports/{study}"
+    caption = lambda name: os.path.abspath(f"{base}/captions/{name}.rst")
+    out = {"md": f"{base}/README.md", "finding": f"{base}/finding.json"}
     for kind, ext in (("figures", "png"), ("tables", "html")):
-        for name, compares in ARTIFACTS[study][kind].items():
+        names = list(getattr(st, kind)) + (["claims"] if kind == "tables" else [])
+        for name in names:
+            compares = getattr(st, kind).get(name, "claim")
             out[f"{kind}_{name}"] = report(
-                f"reports/{study}/{name}.{ext}",
+                f"{base}/{name}.{ext}",
                 caption=caption(name),
-                category=title,
+                category=st.title,
                 labels={"study": study, kind[:-1]: name, "compares": compares},
             )
-    for name in ARTIFACTS[study]["tables"]:
-        out[f"csv_{name}"] = f"reports/{study}/{name}.csv"
+    taken = set(out.values())
+    for f in files["tables"] + files["figures"] + files["captions"]:
+        path = f"{base}/{f}"
+        if path not in taken:
+            out[re.sub(r"\W", "_", f)] = path
     return out
+
+
+def pipeline_started():
+    _STARTED.append(time.time())
+
+
+def pipeline_finished(wf):
+    """After a local run that trained something: how much of the machine went into training."""
+    if not (wf.local_exec and not wf.dryrun and _STARTED):  # on a cluster "cores" means nothing here
+        return
+    stats = pipeline_stats(RESULTS, time.time() - _STARTED[0], wf.cores, since=_STARTED[0])
+    if stats:
+        print(
+            f"normbench: {stats['runs']} runs trained, {stats['useful_s']:.0f} s of training in "
+            f"{stats['wall_s']:.0f} s on {stats['cores']} cores: useful-compute fraction {stats['fraction']:.2f}"
+        )

@@ -1,16 +1,15 @@
 # Downloads run once, on the machine that runs Snakemake (never on compute nodes).
-localrules:
-    download,
 
 
 rule download:
     output:
         f"{PIPE.data_dir}/{{dataset}}/verified.json",
-    params:
-        allow=PIPE.download,
     log:
         "logs/download/{dataset}.log",
+    localrule: True
     conda:
         ENV
+    params:
+        allow=PIPE.download,
     script:
         "../scripts/download.py"

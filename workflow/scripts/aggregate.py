@@ -3,5 +3,6 @@ from normbench.glue import logged
 from normbench.store import aggregate_runs
 
 with logged(snakemake.log[0]):
-    runs, rows = aggregate_runs(snakemake.params.runs, snakemake.output.summary, snakemake.output.metrics)
+    runs, rows = aggregate_runs(snakemake.params.summaries, snakemake.params.metrics, snakemake.output.summary,
+                                snakemake.output.metrics)
     print(f"{snakemake.wildcards.study}: {runs} runs, {rows} metric rows")

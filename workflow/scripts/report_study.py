@@ -2,9 +2,9 @@
 from pathlib import Path
 
 from normbench.glue import logged
-from normbench.reports import build_study
+from normbench.publish import build_study
 
 with logged(snakemake.log[0]):
     rep = build_study(snakemake.params.study, snakemake.input.summary, snakemake.input.metrics,
-                      Path(snakemake.output.md).parent)
+                      snakemake.input.claims, Path(snakemake.output.md).parent)
     print(rep.finding)

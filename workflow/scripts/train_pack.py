@@ -3,4 +3,4 @@ from normbench.glue import logged
 from normbench.pack import run_pack
 
 with logged(snakemake.log[0]):
-    run_pack(snakemake.params.jobs, snakemake.output[0])
+    run_pack(snakemake.params.jobs, snakemake.output[0], checkpoint_dir=snakemake.params.checkpoints)

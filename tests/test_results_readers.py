@@ -1,0 +1,93 @@
+"""Results as users read them: pandas, pyarrow datasets (hive on), DuckDB and polars type every
+column the same way, on the aggregates and on the per-run files; files get the permissions the
+user's umask gives, so colleagues on a shared cluster can read them."""
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = {"device": "cpu", "threads": 1, "models": {"tiny": {"type": "vgg", "options": {"layers": [4, "M"]}}},
+          "train": {"steps": 6, "eval_every": 3},
+          "studies": {"lr_bs_sweep": {"grid": {"model": ["tiny"], "dataset": ["digits"], "norm": ["bn"],
+                                               "batch_size": [8, 16], "lr": [1e-7, 0.003, 0.1], "seed": [0, 1]}}}}
+
+
+def pipeline_under_umask(workdir: Path, umask: int) -> Path:
+    (workdir / "config").mkdir(parents=True)
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(CONFIG))
+    code = (f"import os, sys; os.umask({umask}); from normbench.cli import main; "
+            f"sys.exit(main(['run', '--snakefile', {str(ROOT / 'Snakefile')!r}, '--cores', '2']))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    return pipeline_under_umask(tmp_path_factory.mktemp("readers"), 0o022) / "results"
+
+
+def test_every_reader_types_and_values_alike(results):
+    study = results / "lr_bs_sweep"
+    for kind in ("summary", "metrics"):
+        tree, agg = study / "runs" / kind, study / f"{kind}.parquet"
+        glob = str(tree / "**" / "*.parquet")
+        frames = {
+            "pandas (folder)": pd.read_parquet(tree),
+            "pandas (aggregate)": pd.read_parquet(agg),
+            "pyarrow dataset, hive": ds.dataset(tree, format="parquet", partitioning="hive").to_table().to_pandas(),
+            "pyarrow dataset, aggregate": ds.dataset(agg, format="parquet", partitioning="hive").to_table().to_pandas(),
+            "duckdb (glob)": duckdb.sql(f"select * from read_parquet('{glob}')").df(),
+            "duckdb (aggregate)": duckdb.sql(f"select * from '{agg}'").df(),
+            "polars (glob)": pl.read_parquet(glob).to_pandas(),
+            "polars (aggregate)": pl.read_parquet(agg).to_pandas(),
+        }
+        for name, df in frames.items():
+            assert str(df.lr.dtype) == "float64", (kind, name, df.lr.dtype)
+            assert str(df.batch_size.dtype) == "int64", (kind, name, df.batch_size.dtype)
+            assert sorted(df.lr.unique()) == [1e-07, 0.003, 0.1], (kind, name)
+            assert sorted(df.batch_size.unique()) == [8, 16], (kind, name)
+            assert len(df.columns) == len(frames["pandas (aggregate)"].columns), (kind, name)
+        key = ["norm", "batch_size", "lr", "seed"] + (["step", "split", "metric"] if kind == "metrics" else [])
+        ref = frames["pandas (aggregate)"].sort_values(key).reset_index(drop=True)
+        for name, df in frames.items():
+            got = df.sort_values(key).reset_index(drop=True)[ref.columns]
+            for col in ("value", "final_test_acc", "lr"):
+                if col in ref:
+                    np.testing.assert_array_equal(got[col].to_numpy(float), ref[col].to_numpy(float), err_msg=name)
+
+
+def test_no_key_value_folders_for_readers_to_guess_types_from(results):
+    assert not [p for p in results.rglob("*") if "=" in p.name]
+
+
+def modes(root: Path):
+    for p in root.rglob("*"):
+        if p.is_file() and not p.name.startswith("."):
+            yield p, stat.S_IMODE(p.stat().st_mode)
+
+
+def test_files_are_readable_by_colleagues_under_umask_022(results):
+    for folder in (results, results.parent / "reports"):
+        bad = [(str(p), oct(m)) for p, m in modes(folder) if m != 0o644]
+        assert not bad, bad[:5]
+
+
+@pytest.mark.slow
+def test_files_follow_a_private_umask_too(tmp_path):
+    wd = pipeline_under_umask(tmp_path, 0o077)
+    for folder in (wd / "results", wd / "reports"):
+        bad = [(str(p), oct(m)) for p, m in modes(folder) if m != 0o600]
+        assert not bad, bad[:5]

@@ -1,0 +1,81 @@
+"""From aggregated Parquet to claims and reports (no training, no config).
+
+``check_claims`` evaluates a study's claims into ``results/<study>/claims.parquet``;
+``build_study`` writes ``reports/<study>/``; ``write_index`` puts every study's
+claims in one table at the top of ``reports/index.md``; ``build_all`` does it
+all again from ``results/`` alone (copy results back from a cluster, rebuild).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .analysis import INTERVAL
+from .claims import CLAIMS_SCHEMA, evaluate
+from .report import claims_table, write_claims
+from .store import METRICS_SCHEMA, SUMMARY_SCHEMA, read_parquet, write_text
+from .studies import STUDIES
+
+
+def _read(summary_path, metrics_path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    s = read_parquet(summary_path, SUMMARY_SCHEMA)
+    if s.empty:
+        raise ValueError(f"{summary_path} holds no runs")
+    return s, read_parquet(metrics_path, METRICS_SCHEMA)
+
+
+def check_claims(study: str, summary_path, metrics_path, out_path) -> pd.DataFrame:
+    s, m = _read(summary_path, metrics_path)
+    claims = evaluate(study, STUDIES.get(study).claims, s, m)
+    write_claims(claims, out_path)
+    return claims
+
+
+def build_study(study: str, summary_path, metrics_path, claims_path, out_dir):
+    st = STUDIES.get(study)
+    s, m = _read(summary_path, metrics_path)
+    rep = st.build(s, m)
+    rep.claims = read_parquet(claims_path, CLAIMS_SCHEMA)
+    rep.write(out_dir)
+    return rep
+
+
+def write_index(out_dir, studies: list[str], claims_paths: list) -> Path:
+    out = Path(out_dir)
+    claims = pd.concat([read_parquet(p, CLAIMS_SCHEMA) for p in claims_paths], ignore_index=True)
+    counts = claims.verdict.value_counts()
+    table = claims_table(claims)
+    table.insert(0, "study", [f"[{s}]({s}/README.md)" for s in claims.study])
+    lines = ["# normbench reports", "",
+             f"The papers' claims, each checked on this run's data ({INTERVAL}): "
+             + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("reproduced", "not reproduced", "inconclusive")) + ".",
+             "", table.to_markdown(index=False), "", "## Studies", ""]
+    for name in studies:
+        f = out / name / "finding.json"
+        import json
+
+        finding = json.loads(f.read_text())["finding"] if f.exists() else "(not built)"
+        lines.append(f"- [{STUDIES.get(name).title}]({name}/README.md) — {finding}")
+    lines += ["", "Each study's folder holds its Markdown report, CSV/HTML tables and SVG/PNG figures; "
+              "failed runs (diverged or collapsed to chance) are counted, never dropped silently."]
+    write_text("\n".join(lines) + "\n", out / "index.md")
+    return out / "index.md"
+
+
+def build_all(results="results", out="reports", studies=None) -> list[Path]:
+    """Rebuild every study's claims and report found under ``results`` (no training)."""
+    studies = studies or [s for s in STUDIES if (Path(results) / s / "summary.parquet").exists()]
+    done, claims = [], []
+    for st in studies:
+        base = Path(results) / st
+        check_claims(st, base / "summary.parquet", base / "metrics.parquet", base / "claims.parquet")
+        build_study(st, base / "summary.parquet", base / "metrics.parquet", base / "claims.parquet", Path(out) / st)
+        claims.append(base / "claims.parquet")
+        done.append(Path(out) / st / "README.md")
+    done.append(write_index(out, studies, claims))
+    return done
+
+
+__all__ = ["check_claims", "build_study", "write_index", "build_all", "CLAIMS_SCHEMA"]

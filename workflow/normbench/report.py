@@ -1,0 +1,105 @@
+"""A study's report, written from its aggregated Parquet alone (no training, no
+config): Markdown with the claims at the top, CSV and HTML tables, SVG and PNG
+figures, a caption for each (computed from the data), and a one-line finding
+for the index.  ``write`` puts them under ``reports/<study>/`` atomically and
+checks it wrote exactly what the study declares (the Snakemake rules' outputs).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import plots as P
+from .analysis import INTERVAL
+from .claims import CLAIMS_SCHEMA
+from .store import write_parquet, write_text
+from .study import Study
+
+FIGURE_FORMATS = ("svg", "png")  # vector for papers, raster for the Markdown and HTML reports
+
+
+@dataclass
+class Report:
+    study: Study
+    finding: str = ""
+    notes: list[str] = field(default_factory=list)
+    tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, str]] = field(default_factory=dict)  # csv, shown, caption
+    figures: dict[str, tuple[object, str]] = field(default_factory=dict)  # figure, caption
+    claims: pd.DataFrame | None = None
+
+    def table(self, name, data: pd.DataFrame, caption: str, shown: pd.DataFrame | None = None):
+        self.tables[name] = (data, data if shown is None else shown, caption)
+
+    def figure(self, name, fig, caption: str):
+        self.figures[name] = (fig, caption)
+
+    def files(self) -> dict[str, list[str]]:
+        """What ``write`` produces, by kind (the Snakemake rule declares exactly these)."""
+        return artifacts(self.study)
+
+    def write(self, out_dir: str | Path) -> None:
+        st = self.study
+        if set(self.tables) != set(st.tables) or set(self.figures) != set(st.figures):
+            raise RuntimeError(f"{st.name}: report built {sorted(self.tables)} + {sorted(self.figures)}, "
+                               f"declared {sorted(st.tables)} + {sorted(st.figures)}")
+        out = Path(out_dir)
+        claims = self.claims if self.claims is not None else pd.DataFrame(columns=CLAIMS_SCHEMA.names)
+        md = [f"# {st.title}", "", f"*{st.question}* — after {st.source}.", "", f"**Finding:** {self.finding}", "",
+              "## Claims", "", claims_markdown(claims), ""]
+        md += [f"> {n}" for n in self.notes] + ([""] if self.notes else [])
+        md += [f"Numbers are the {INTERVAL}; failed runs (diverged or collapsed to chance) are counted, never "
+               f"dropped silently.", ""]
+        write_text(_html_table(claims_table(claims), f"{st.title}: the paper's claims, checked on our runs"),
+                   out / "claims.html")
+        write_text(f"The claims of {st.source}, each checked against this study's runs ({INTERVAL}).\n",
+                   out / "captions" / "claims.rst")
+        for name, (data, shown, caption) in self.tables.items():
+            write_text(data.to_csv(index=False), out / f"{name}.csv")
+            write_text(_html_table(shown, caption), out / f"{name}.html")
+            write_text(caption + "\n", out / "captions" / f"{name}.rst")
+            md += [f"## {caption}", "", shown.to_markdown(index=False), "", f"[CSV]({name}.csv)", ""]
+        for name, (fig, caption) in self.figures.items():
+            for ext in FIGURE_FORMATS:
+                P.save(fig, out / f"{name}.{ext}")
+            P.close(fig)
+            write_text(caption + "\n", out / "captions" / f"{name}.rst")
+            md += [f"![{name}]({name}.png)", "", f"*{caption}* ([SVG]({name}.svg))", ""]
+        write_text("\n".join(md), out / "README.md")
+        write_text(json.dumps({"study": st.name, "finding": self.finding}), out / "finding.json")
+
+
+def artifacts(study: Study) -> dict[str, list[str]]:
+    """Every file a study's report writes, relative to its folder, by kind."""
+    tables, figures = list(study.tables), list(study.figures)
+    return {
+        "md": ["README.md", "finding.json"],
+        "tables": [f"{t}.{ext}" for t in tables for ext in ("csv", "html")] + ["claims.html"],
+        "figures": [f"{f}.{ext}" for f in figures for ext in FIGURE_FORMATS],
+        "captions": [f"captions/{n}.rst" for n in tables + figures + ["claims"]],
+    }
+
+
+def claims_table(claims: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"claim": claims.statement, "source": claims.source, "verdict": claims.verdict,
+                         "measured": claims.measured, "why / caveat": claims.note.fillna("")})
+
+
+def claims_markdown(claims: pd.DataFrame) -> str:
+    if claims.empty:
+        return "(this study declares no claims)"
+    return claims_table(claims).to_markdown(index=False)
+
+
+def write_claims(claims: pd.DataFrame, path: str | Path) -> None:
+    write_parquet(claims, path, CLAIMS_SCHEMA)
+
+
+def _html_table(df: pd.DataFrame, caption: str) -> str:
+    body = df.to_html(index=False, na_rep="–", border=0, escape=True)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><style>table{{border-collapse:collapse;"
+            f"font-family:sans-serif;font-size:13px}}td,th{{padding:3px 8px;border-bottom:1px solid #ddd;"
+            f"vertical-align:top}}</style></head><body><p>{caption}</p>{body}</body></html>")

@@ -1,0 +1,96 @@
+"""Learning rate × batch size: how large a learning rate each normalizer
+tolerates, and how fast it reaches a target accuracy (Ioffe & Szegedy 2015)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import analysis as A
+from .. import plots as P
+from .. import references as R
+from ..claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Claim, Evidence, every
+from ..report import Report
+from ..study import Study
+
+
+def _bn_trains_where_none_fails(s: pd.DataFrame, m: pd.DataFrame) -> Evidence:
+    parts = []
+    for bs, g in s.groupby("batch_size"):
+        g = g.assign(ok=~A.failed(g), bad=A.failed(g))
+        ok = g.groupby(["lr", "norm_type"]).ok.all().unstack("norm_type")
+        bad = g.groupby(["lr", "norm_type"]).bad.all().unstack("norm_type")
+        top = {t: (max(ok.index[ok[t]]) if ok[t].any() else float("nan")) for t in ("bn", "none")}
+        # above the largest lr at which no normalization still trains (small lrs that only train
+        # slowly say nothing about stability)
+        where = [lr for lr in ok.index if lr > top["none"] and ok.loc[lr, "bn"] and bad.loc[lr, "none"]]
+        n = int(g.seed.nunique())
+        text = (f"batch {bs}: largest lr at which every seed trained: BN {top['bn']:g}, no norm {top['none']:g}; "
+                f"lrs where every BN seed trained and every no-norm seed diverged or collapsed: "
+                f"{', '.join(f'{v:g}' for v in where) or 'none'} ({n} seeds)")
+        ratio = top["bn"] / top["none"] if top["none"] else float("nan")
+        if where:
+            parts.append(Evidence(REPRODUCED, text, ratio, n=n))
+        elif top["bn"] <= top["none"]:
+            parts.append(Evidence(NOT_REPRODUCED, text, ratio, n=n,
+                                  note=f"at batch {bs} no norm trains at every lr BN trains at"))
+        else:
+            parts.append(Evidence(INCONCLUSIVE, text, ratio, n=n,
+                                  note=f"at batch {bs} some no-norm seeds still train where BN trains"))
+    return every(parts)
+
+
+def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
+    r = Report(STUDY)
+    grid = A.summarize(s, ["norm", "batch_size", "lr"], "final_test_acc")
+    msl = A.max_stable_lr(s)
+    stt = A.steps_to_target(s)
+    target = s.target_acc.dropna().iloc[0] if s.target_acc.notna().any() else np.nan
+    fmt_lr = lambda v: ", ".join(f"{n} {x:g}" if pd.notna(x) else f"{n} none" for n, x in v.items())  # noqa: E731
+    r.finding = (f"largest lr at which every seed trained (worst batch size): "
+                 f"{fmt_lr(msl.groupby('norm').max_trained_lr.min())}; with no diverged seed: "
+                 f"{fmt_lr(msl.groupby('norm').max_stable_lr.min())}.")
+    r.figure("heatmaps", P.heatmaps(grid, "final test accuracy (mean over seeds)"),
+             f"Final test accuracy (mean over seeds) over lr × batch size; 'div' marks diverged seeds, 'col' seeds "
+             f"that collapsed to chance. {r.finding}")
+    r.table("max_stable_lr", msl, f"Largest learning rate at which no seed diverged (non-finite or exploding "
+                                  f"loss), and at which every seed trained (neither diverged nor collapsed to "
+                                  f"chance); {r.finding}")
+    shown = stt.assign(steps=[A.fmt(a, b, c, digits=0) for a, b, c in zip(stt.steps, stt.steps_lo, stt.steps_hi)],
+                       speedup=stt.speedup.map(lambda v: "–" if pd.isna(v) else f"{v:.1f}×"))
+    shown = shown[["norm", "batch_size", "best_lr", "steps", "examples", "speedup", "n"]]
+    fastest = stt.dropna(subset=["steps"]).sort_values("steps").head(1)
+    note = (f"fastest: {fastest.norm.iloc[0]} at batch {fastest.batch_size.iloc[0]}, lr {fastest.best_lr.iloc[0]:g} "
+            f"({fastest.steps.iloc[0]:.0f} steps)") if len(fastest) else "no setting reached the target"
+    pct = "–" if pd.isna(target) else f"{100 * target:.0f}%"
+    r.table("steps_to_target", stt, f"Steps (and examples) to {pct} test accuracy at each norm's best lr, "
+                                    f"speed-up over no normalization (as the BN paper's steps-to-72.2% table); "
+                                    f"{note}.", shown)
+    paper = ", ".join(f"{k} {v[0] / 1e6:g}M steps" for k, v in R.BN_PAPER_STEPS.values.items() if v[0])
+    r.notes = [f"{R.BN_PAPER_STEPS.cite()}: {R.BN_PAPER_STEPS.setting}: {paper}. Ours: {setting_text(s)}; "
+               f"compare orderings and ratios, not absolute numbers."]
+    r.figure("curves_test_acc", P.curves(m, "test", "acc"), "Test accuracy vs step per norm (mean, t 95% band, "
+                                                            "seeds).")
+    r.figure("curves_train_loss", P.curves(m, "train", "loss"),
+             "Training loss vs step per norm (mean, t 95% band, seeds); diverged runs end early.")
+    return r
+
+
+def setting_text(s: pd.DataFrame) -> str:
+    return (f"{', '.join(sorted(set(s.model_type)))} on {', '.join(sorted(set(s.dataset)))}, {s.optimizer.iloc[0]}, "
+            f"{int(s.steps.max())} steps, {s.seed.nunique()} seeds")
+
+
+STUDY = Study(
+    name="lr_bs_sweep",
+    title="Learning rate × batch size",
+    question="How large a learning rate does each normalizer tolerate, and how fast does it reach a target accuracy?",
+    source="Ioffe & Szegedy 2015",
+    build=build,
+    tables={"max_stable_lr": "norm × batch size", "steps_to_target": "norm × batch size"},
+    figures={"heatmaps": "norm × lr × batch size", "curves_test_acc": "norm × lr × batch size",
+             "curves_train_loss": "norm × lr × batch size"},
+    claims=(Claim("bn_larger_lr", "BN trains at learning rates where the same net without normalization diverges "
+                  "or collapses", "Ioffe & Szegedy 2015, §3.3 and §4.2.2 (BN-x30; without BN, 5× lr 'reached "
+                  "machine infinity')", _bn_trains_where_none_fails),),
+)

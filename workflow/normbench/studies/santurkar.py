@@ -1,0 +1,211 @@
+"""How does BN help optimization? (Santurkar et al. 2018): not by reducing
+internal covariate shift, but by smoothing the loss landscape."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from .. import analysis as A
+from .. import plots as P
+from .. import references as R
+from ..claims import Claim, Evidence, every, greater, within
+from ..report import Report
+from ..study import Study
+
+LINEAR_ARM = "dln"  # model_type of the deep linear network arm (Santurkar §C)
+SAME = 0.02  # test accuracy: "trains as well as" within two points (seven digits test images)
+NOT_REDUCED = np.log10(2)  # "does not reduce ICS": BN's is not below half the standard net's (a non-inferiority margin)
+
+
+def _label(row) -> str:
+    """A norm as the paper names it, from the run's data."""
+    if row["norm_type"] == "lp_bn":
+        return f"ℓ{json.loads(row['norm_options']).get('p', 2)} BN"
+    return {"none": "standard", "bn": "BN", "noisy_bn": "noisy BN"}.get(row["norm_type"], row["norm_type"])
+
+
+def _arms(s: pd.DataFrame, m: pd.DataFrame):
+    s = s.assign(label=s.apply(_label, axis=1))
+    m = A.with_runs(m, s, ["norm_type", "model_type", "label"])
+    conv, lin = s.model_type != LINEAR_ARM, s.model_type == LINEAR_ARM
+    return s[conv], m[m.model_type != LINEAR_ARM], s[lin], m[m.model_type == LINEAR_ARM]
+
+
+def _per_run(m: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Median of a probe metric over each run's probes and layers."""
+    return A.per_run(m, metric)
+
+
+def _log_ratio(m: pd.DataFrame, metric: str, a: str, b: str) -> pd.Series:
+    """Per seed and lr: log10(median metric of norm type a / of b)."""
+    d = _per_run(m, metric)
+    d = d[d.value > 0].assign(value=lambda x: np.log10(x.value))
+    return A.paired(d, "value", "norm_type", a, b, ["lr", "seed"])
+
+
+def _smoother(metric: str, what: str):
+    def check(s, m) -> Evidence:
+        _, mv, _, _ = _arms(s, m)
+        return greater(_log_ratio(mv, metric, "none", "bn"), f"log10({what}: standard / BN), median over the run's "
+                                                             f"probes", ".2f")
+    return check
+
+
+def _band(m: pd.DataFrame) -> pd.DataFrame:
+    """Per probe: the loss-landscape band, max − min of L(W − ηg) over the η grid."""
+    keys = [c for c in m.columns if c not in ("metric", "value", "wall_time_s", "layer", "step_size")]
+    hi = m[m.metric == "landscape_max"].set_index(keys).value
+    lo = m[m.metric == "landscape_min"].set_index(keys).value
+    return (hi - lo).rename("value").reset_index().assign(metric="band")
+
+
+def _landscape_band(s, m) -> Evidence:
+    _, mv, _, _ = _arms(s, m)
+    return greater(_log_ratio(_band(mv), "band", "none", "bn"), "log10(loss-landscape band max − min over η: "
+                                                                "standard / BN), median over the run's probes", ".2f")
+
+
+def _ics(arm: str):
+    def check(s, m) -> Evidence:
+        _, mv, _, md = _arms(s, m)
+        d = md if arm == LINEAR_ARM else mv
+        name = "deep linear net" if arm == LINEAR_ARM else "VGG"
+        parts = []
+        for lr, g in d.groupby("lr"):
+            ev = greater(_log_ratio(g, "ics_l2", "bn", "none"), f"{name}, lr {lr:g}: log10(ICS ‖G − G′‖₂: BN / "
+                         f"standard), median over probes and layers; claim: above −log10 2", ".2f", margin=-NOT_REDUCED)
+            cos = _per_run(g, "ics_cos").groupby("norm_type").value.median()
+            init = _per_run(g[g.step == g.step.min()], "ics_l2").groupby("norm_type").value.median()
+            ev.measured += (f"; median cos(G, G′) BN {cos.get('bn', np.nan):.3f} vs standard "
+                            f"{cos.get('none', np.nan):.3f}; at the first step ℓ2 BN {init.get('bn', np.nan):.3g} vs "
+                            f"standard {init.get('none', np.nan):.3g}")
+            parts.append(ev)
+        return every(parts)
+    return check
+
+
+def _noisy_bn(s, m) -> Evidence:
+    sv, _, _, _ = _arms(s, m)
+    parts = []
+    for lr, g in sv.groupby("lr"):
+        parts.append(within(A.paired(g, "final_test_acc", "norm_type", "noisy_bn", "bn", ["seed"]), SAME,
+                            f"lr {lr:g}: test accuracy, noisy BN − BN", ".3f"))
+        parts.append(greater(A.paired(g, "final_test_acc", "norm_type", "noisy_bn", "none", ["seed"]),
+                             f"lr {lr:g}: test accuracy, noisy BN − standard", ".3f"))
+    return every(parts)
+
+
+def _lp_bn(s, m) -> Evidence:
+    sv, _, _, _ = _arms(s, m)
+    parts = []
+    for (lr, label), g in sv[sv.norm_type == "lp_bn"].groupby(["lr", "label"]):
+        pair = pd.concat([g, sv[(sv.lr == lr) & (sv.norm_type == "bn")]])
+        parts.append(within(A.paired(pair, "final_test_acc", "label", label, "BN", ["seed"]), SAME,
+                            f"lr {lr:g}: test accuracy, {label} − BN", ".3f"))
+    return every(parts)
+
+
+def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
+    r = Report(STUDY)
+    sv, mv, sd, md = _arms(s, m)
+    med = lambda d, metric: _per_run(d, metric).groupby("label").value.median() if len(d) else pd.Series(dtype=float)  # noqa: E731
+    ics, cos, beta, gp = (med(mv, k) for k in ("ics_l2", "ics_cos", "beta_eff", "grad_pred_max"))
+    acc = A.summarize(sv, ["label", "lr"], "final_test_acc", drop_failed="failed")
+    best = acc.groupby("label")["mean"].max()
+    r.finding = (f"median ICS ℓ2 BN {ics.get('BN', np.nan):.3g} vs standard {ics.get('standard', np.nan):.3g}; "
+                 f"effective β BN {beta.get('BN', np.nan):.3g} vs standard {beta.get('standard', np.nan):.3g}; "
+                 f"best test accuracy " + ", ".join(f"{n} {v:.3f}" for n, v in best.items()) + ".")
+    ref = R.SANTURKAR.values["test_acc"]
+    r.notes = [f"Ours: {setting_text(sv)}; deep linear net: {setting_text(sd)}. Reference: {R.SANTURKAR.setting} "
+               f"({R.SANTURKAR.cite()}): test accuracy {ref['bn']:.0%} with BN, {ref['none']:.0%} without; effective "
+               f"β about {R.SANTURKAR_BETA.values['range'][0]}–{R.SANTURKAR_BETA.values['range'][1]} on VGG "
+               f"({R.SANTURKAR_BETA.cite()}).",
+               "Probes follow the paper's definitions: a line search along −g on the fixed batch B_t over the paper's "
+               "step grid, β divided by the step, G′ after the earlier layers' actual update, BN statistics and noise "
+               "untouched. Noisy BN is evaluated with the noise's expected value (the paper does not say); its "
+               "training accuracy is shown beside the test accuracy."]
+    r.figure("ics_l2", P.probe_over_training(mv, "ics_l2", "ICS ‖G − G′‖₂", hue="label"),
+             f"VGG: ICS ℓ2 over training (median over layers; mean, t 95% band, seeds): median BN "
+             f"{ics.get('BN', np.nan):.3g} vs standard {ics.get('standard', np.nan):.3g}.")
+    r.figure("ics_cos", P.probe_over_training(mv, "ics_cos", "ICS cos(G, G′)", log=False, hue="label"),
+             f"VGG: ICS cosine (1 = no shift): median BN {cos.get('BN', np.nan):.3f} vs standard "
+             f"{cos.get('standard', np.nan):.3f}.")
+    if len(md):
+        dics = med(md, "ics_l2")
+        r.figure("ics_dln", P.probe_over_training(md, "ics_l2", "ICS ‖G − G′‖₂", hue="label"),
+                 f"Deep linear net: ICS ℓ2 over training: median BN {dics.get('BN', np.nan):.3g} vs standard "
+                 f"{dics.get('standard', np.nan):.3g}.")
+    else:
+        r.figure("ics_dln", P.empty("no deep-linear-net runs in this config"), "Deep linear net: not run.")
+    etas = "the run's η grid (× lr)"
+    r.figure("landscape", P.band_over_training(mv, "landscape_min", "landscape_max", "L(W − ηg)", hue="label"),
+             f"Loss landscape along −g over {etas}: per norm the band between the seed means of the minimum and the "
+             f"maximum, with its centre line.")
+    r.figure("grad_pred", P.band_over_training(mv, "grad_pred_min", "grad_pred_max", "‖∇L(W − ηg) − g‖", hue="label"),
+             f"Gradient predictiveness over {etas}: median of the maximum change BN {gp.get('BN', np.nan):.3g} vs "
+             f"standard {gp.get('standard', np.nan):.3g}.")
+    r.figure("beta_eff", P.probe_over_training(mv, "beta_eff", "effective β", hue="label"),
+             f"Effective β-smoothness (max over η of gradient change / (η‖g‖)): median BN {beta.get('BN', np.nan):.3g} "
+             f"vs standard {beta.get('standard', np.nan):.3g}.")
+    fig, axes = P.fig_grid(2, w=4.2, h=2.8)
+    P.points(sv, "label", "final_test_acc", "lr", axes[0][0])
+    P.points(sv, "label", "final_train_acc", "lr", axes[0][1])
+    axes[0][0].set_ylabel("final test accuracy")
+    axes[0][1].set_ylabel("final training accuracy")
+    P.legend_outside(fig, axes, "lr")
+    r.figure("accuracy", fig, "Final test and training accuracy per norm and lr (mean, t 95% interval, each seed).")
+    rows = []
+    bands = _band(mv)
+    for (label, lr), g in mv.groupby(["label", "lr"]):
+        band = bands[(bands.label == label) & (bands.lr == lr)].value.median()
+        rows.append({"norm": label, "lr": lr, **{k: g[g.metric == k].value.median()
+                                                 for k in ("ics_l2", "ics_cos", "beta_eff", "grad_pred_max")},
+                     "landscape_band": band})
+    probe = pd.DataFrame(rows)
+    r.table("probes", probe, "Median probe values over layers, steps and seeds (VGG).", probe.round(4))
+    tr = A.summarize(sv, ["label", "lr"], "final_train_acc")
+    shown = acc.assign(test=acc.apply(A.fmt_row, axis=1), train=tr.apply(A.fmt_row, axis=1))[
+        ["label", "lr", "test", "train", "n"]]
+    r.table("accuracy", acc, f"Final test and training accuracy, {A.INTERVAL}, per norm and lr.", shown)
+    return r
+
+
+def setting_text(s: pd.DataFrame) -> str:
+    if s.empty:
+        return "not run"
+    row = s.iloc[0]
+    return (f"{row.model_type} {row.model_options} ({row.init} init) on {row.dataset}, {row.optimizer}, batch "
+            f"{int(row.batch_size)}, lr {', '.join(f'{v:g}' for v in sorted(set(s.lr)))}, {int(s.steps.max())} steps, "
+            f"{s.seed.nunique()} seeds")
+
+
+STUDY = Study(
+    name="santurkar",
+    title="How does BN help optimization?",
+    question="Does BN reduce internal covariate shift, or smooth the loss landscape? Noisy BN and ℓp BN.",
+    source="Santurkar et al. 2018",
+    build=build,
+    tables={"probes": "norm × lr", "accuracy": "norm × lr"},
+    figures={"ics_l2": "norm × lr", "ics_cos": "norm × lr", "ics_dln": "norm × lr", "landscape": "norm × lr",
+             "grad_pred": "norm × lr", "beta_eff": "norm × lr", "accuracy": "norm × lr"},
+    claims=(
+        Claim("noisy_bn", f"Noisy BN trains about as well as BN (within {SAME:.0%}) and better than no BN",
+              "Santurkar et al. 2018, Fig. 2", _noisy_bn),
+        Claim("ics_vgg", "BN does not reduce internal covariate shift (VGG): its ICS is similar or larger (not below "
+              "half the standard net's)",
+              "Santurkar et al. 2018, Fig. 3", _ics("vgg")),
+        Claim("ics_dln", "BN does not reduce internal covariate shift in the deep linear net either (not below half)",
+              "Santurkar et al. 2018, Fig. 3 / §C", _ics(LINEAR_ARM)),
+        Claim("landscape", "BN narrows the band of losses along the gradient (a smoother landscape)",
+              "Santurkar et al. 2018, Fig. 4(a)", _landscape_band),
+        Claim("grad_pred", "BN makes the gradient more predictive (smaller change along the step)",
+              "Santurkar et al. 2018, Fig. 4(b)", _smoother("grad_pred_max", "max gradient change")),
+        Claim("beta_eff", "BN lowers the effective β-smoothness", "Santurkar et al. 2018, Fig. 4(c)",
+              _smoother("beta_eff", "effective β")),
+        Claim("lp_bn", f"ℓp BN (p = 1, 2, ∞) trains as well as BN (within {SAME:.0%})", "Santurkar et al. 2018, §3.3",
+              _lp_bn),
+    ),
+)
