@@ -17,6 +17,8 @@ from typing import Callable
 import pandas as pd
 import pyarrow as pa
 
+from scipy import stats as sps
+
 from .analysis import t_interval
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
@@ -55,6 +57,24 @@ def _interval(values, fmt: str) -> tuple[float, float, float, int, str]:
     return mean, lo, hi, len(vals), text
 
 
+def seeds_needed(mean: float, lo: float, hi: float, n: int, distance: float) -> int | None:
+    """Seeds at which an interval of this spread would clear ``distance`` (from its mean to the
+    bound it must clear): the measured reason an interval is inconclusive, in seeds."""
+    if n < 2 or not math.isfinite(lo) or distance <= 0:
+        return None
+    sd = (hi - lo) / 2 / float(sps.t.ppf(0.975, n - 1)) * math.sqrt(n)
+    for k in range(n + 1, 10_000):
+        if float(sps.t.ppf(0.975, k - 1)) * sd / math.sqrt(k) < distance:
+            return k
+    return None
+
+
+def _undecided(margin: float, mean, lo, hi, n, what: str) -> str:
+    k = seeds_needed(mean, lo, hi, n, abs(mean - margin))
+    return what + (f"; at the measured seed-to-seed spread about {k} seeds would decide it" if k else
+                   "; the mean sits on the bound: more seeds would not decide it")
+
+
 def greater(diffs, what: str, fmt: str = ".3g", margin: float = 0.0, min_n: int = 3) -> Evidence:
     """``diffs`` are paired per-seed differences A − B; the claim is A > B (+ margin).
     Reproduced if the t-interval lies above the margin, not reproduced if below it."""
@@ -66,7 +86,8 @@ def greater(diffs, what: str, fmt: str = ".3g", margin: float = 0.0, min_n: int 
         return Evidence(REPRODUCED, measured, mean, lo, hi, n)
     if hi < margin:
         return Evidence(NOT_REPRODUCED, measured, mean, lo, hi, n)
-    return Evidence(INCONCLUSIVE, measured, mean, lo, hi, n, f"the interval includes {margin:g}")
+    return Evidence(INCONCLUSIVE, measured, mean, lo, hi, n,
+                    _undecided(margin, mean, lo, hi, n, f"the interval includes {margin:g}"))
 
 
 def within(diffs, margin: float, what: str, fmt: str = ".3g", min_n: int = 3) -> Evidence:
@@ -80,7 +101,9 @@ def within(diffs, margin: float, what: str, fmt: str = ".3g", min_n: int = 3) ->
         return Evidence(REPRODUCED, measured, mean, lo, hi, n)
     if lo > margin or hi < -margin:
         return Evidence(NOT_REPRODUCED, measured, mean, lo, hi, n)
-    return Evidence(INCONCLUSIVE, measured, mean, lo, hi, n, "the interval crosses the margin")
+    edge = margin if mean >= 0 else -margin
+    return Evidence(INCONCLUSIVE, measured, mean, lo, hi, n,
+                    _undecided(edge, mean, lo, hi, n, "the interval crosses the margin"))
 
 
 def exact(holds: bool, measured: str, estimate: float = math.nan) -> Evidence:

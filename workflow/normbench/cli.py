@@ -104,59 +104,60 @@ def cmd_bench(args) -> int:
     return bench_main(args)
 
 
+def _arg(*names, **kw):
+    return names, kw
+
+
+# name -> (function, one-line help, description, its arguments); every argument has help text
+COMMANDS = {
+    "train": (cmd_train, "train one run and write its Parquet files",
+              "Train one run (settings: normbench.settings.RunConfig) and write summary.parquet and "
+              "metrics.parquet into --out.", [
+                  _arg("--config", metavar="FILE", help="YAML file of run settings"),
+                  _arg("--set", action="append", metavar="KEY=VALUE",
+                       help="set one run setting (repeatable), e.g. --set norm=gn --set lr=0.05"),
+                  _arg("--out", default="results/adhoc/run", metavar="DIR", help="folder for the run's two files"),
+                  _arg("--checkpoint-dir", metavar="DIR", help="keep a resumable checkpoint here until the run ends")]),
+    "download": (cmd_download, "download torchvision datasets (needs network)",
+                 "Download, verify and place datasets for the pipeline; on a machine without network, copy the "
+                 "files instead (the error says where).", [
+                     _arg("names", nargs="+", metavar="NAME", help="cifar10, cifar100, mnist or fashion_mnist"),
+                     _arg("--data-dir", default="resources", metavar="DIR", help="where datasets live")]),
+    "aggregate": (cmd_aggregate, "aggregate run files into per-study Parquet",
+                  "Concatenate every run's files of each study into <results>/<study>/{summary,metrics}.parquet.", [
+                      _arg("--config", metavar="FILE", help="the pipeline config (default: the embedded default)"),
+                      _arg("--results", default="results", metavar="DIR", help="the pipeline's results folder"),
+                      _arg("studies", nargs="*", metavar="STUDY", help="studies to aggregate (default: all enabled)")]),
+    "report": (cmd_report, "rebuild claims and reports from results (no training)",
+               "Check each study's claims and rebuild its report from <results>/<study>/*.parquet alone, then "
+               "the index.", [
+                   _arg("--results", default="results", metavar="DIR", help="folder holding <study>/summary.parquet"),
+                   _arg("--out", default="reports", metavar="DIR", help="where the reports go"),
+                   _arg("studies", nargs="*", metavar="STUDY", help="studies to report (default: every one found)")]),
+    "run": (cmd_run, "run the pipeline (Snakemake), resuming whatever a killed run left",
+            "Check the config, then run the workflow with the default profile and build reports/report.html. "
+            "Any further arguments go to Snakemake (e.g. --cores 4, --profile workflow/profiles/slurm, -n, a "
+            "target file).", [
+                _arg("--configfile", metavar="FILE", help="an experiment config (replaces the embedded default)"),
+                _arg("--snakefile", metavar="FILE", help="the workflow (default: ./Snakefile of this checkout)"),
+                _arg("--no-report", action="store_true", help="skip the HTML report")]),
+    "bench": (cmd_bench, "measure the training loop's speed, side by side in one run",
+              "Naive vs lean vs packed training, the default pipeline's useful-compute fraction, and the probes' "
+              "overhead.", [_arg("--quick", action="store_true", help="fewer repetitions, no pipeline (for tests)")]),
+}
+PASSTHROUGH = {"run"}  # commands whose unknown arguments go on to Snakemake
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="normbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"normbench {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-
-    t = sub.add_parser("train", help="train one run and write its Parquet files", formatter_class=fmt,
-                       description="Train one run (settings: normbench.settings.RunConfig) and write "
-                                   "summary.parquet and metrics.parquet into --out.")
-    t.add_argument("--config", metavar="FILE", help="YAML file of run settings")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="set one run setting (repeatable), "
-                   "e.g. --set norm=gn --set lr=0.05")
-    t.add_argument("--out", default="results/adhoc/run", metavar="DIR", help="folder for the run's two files")
-    t.add_argument("--checkpoint-dir", metavar="DIR", help="keep a resumable checkpoint here until the run finishes")
-    t.set_defaults(func=cmd_train)
-
-    d = sub.add_parser("download", help="download torchvision datasets (needs network)", formatter_class=fmt,
-                       description="Download, verify and place datasets for the pipeline; on a machine without "
-                                   "network, copy the files instead (the error says where).")
-    d.add_argument("names", nargs="+", metavar="NAME", help="cifar10, cifar100, mnist or fashion_mnist")
-    d.add_argument("--data-dir", default="resources", metavar="DIR", help="where datasets live")
-    d.set_defaults(func=cmd_download)
-
-    a = sub.add_parser("aggregate", help="aggregate run files into per-study Parquet", formatter_class=fmt,
-                       description="Concatenate every run's files of each study into "
-                                   "<results>/<study>/{summary,metrics}.parquet.")
-    a.add_argument("--config", metavar="FILE", help="the pipeline config (default: the embedded default config)")
-    a.add_argument("--results", default="results", metavar="DIR", help="the pipeline's results folder")
-    a.add_argument("studies", nargs="*", metavar="STUDY", help="studies to aggregate (default: every enabled one)")
-    a.set_defaults(func=cmd_aggregate)
-
-    r = sub.add_parser("report", help="rebuild claims and reports from results (no training)", formatter_class=fmt,
-                       description="Check each study's claims and rebuild its report from "
-                                   "<results>/<study>/*.parquet alone, then the index.")
-    r.add_argument("--results", default="results", metavar="DIR", help="folder holding <study>/summary.parquet")
-    r.add_argument("--out", default="reports", metavar="DIR", help="where the reports go")
-    r.add_argument("studies", nargs="*", metavar="STUDY", help="studies to report (default: every one found)")
-    r.set_defaults(func=cmd_report)
-
-    w = sub.add_parser("run", help="run the pipeline (Snakemake), resuming whatever a killed run left",
-                       formatter_class=fmt, description="Check the config, then run the workflow with the default "
-                       "profile and build reports/report.html. Any further arguments go to Snakemake "
-                       "(e.g. --cores 4, --profile workflow/profiles/slurm, -n, a target file).")
-    w.add_argument("--configfile", metavar="FILE", help="an experiment config (replaces the embedded default)")
-    w.add_argument("--snakefile", metavar="FILE", help="the workflow (default: ./Snakefile of this checkout)")
-    w.add_argument("--no-report", action="store_true", help="skip the HTML report")
-    w.set_defaults(func=cmd_run, passthrough=True)
-
-    b = sub.add_parser("bench", help="measure the training loop's speed, side by side in one run",
-                       formatter_class=fmt, description="Naive vs lean vs packed training, the default pipeline's "
-                                                        "useful-compute fraction, and the probes' overhead.")
-    b.add_argument("--quick", action="store_true", help="fewer repetitions, no pipeline run (for tests)")
-    b.set_defaults(func=cmd_bench)
+    for name, (func, help_, description, args) in COMMANDS.items():
+        c = sub.add_parser(name, help=help_, description=description,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        for names, kw in args:
+            c.add_argument(*names, **kw)
+        c.set_defaults(func=func, passthrough=name in PASSTHROUGH)
     return p
 
 

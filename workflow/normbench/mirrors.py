@@ -45,19 +45,19 @@ class Source:
 # Checksums of the decompressed content.  MNIST family: SHA-256 of the idx files
 # (torchvision publishes MD5s of the .gz archives only, which a recompressing mirror
 # changes); CIFAR: torchvision's published MD5s of the extracted batches.
+def _idx(tv_class: str, sha256: str) -> Source:
+    """An MNIST-family dataset: four idx files, their SHA-256s in the order of _IDX_FILES."""
+    return Source(tv_class, f"{tv_class}/raw", {f: f"sha256:{h}" for f, h in zip(_IDX_FILES, sha256.split())}, None,
+                  (1, 28, 28), 10, 60000, 10000)
+
+
 SOURCES: dict[str, Source] = {
-    "mnist": Source("MNIST", "MNIST/raw", dict(zip(_IDX_FILES, (
-        "sha256:ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-        "sha256:65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-        "sha256:0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-        "sha256:ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"))), None,
-        (1, 28, 28), 10, 60000, 10000),
-    "fashion_mnist": Source("FashionMNIST", "FashionMNIST/raw", dict(zip(_IDX_FILES, (
-        "sha256:c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-        "sha256:bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-        "sha256:5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-        "sha256:0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"))), None,
-        (1, 28, 28), 10, 60000, 10000),
+    "mnist": _idx("MNIST", """
+        ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db 65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5
+        0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7 ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"""),
+    "fashion_mnist": _idx("FashionMNIST", """
+        c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888 bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9
+        5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b 0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"""),
     "cifar10": Source("CIFAR10", "cifar-10-batches-py", {
         "data_batch_1": "md5:c99cafc152244af753f735de768cd75f", "data_batch_2": "md5:d4bba439e000b95fd0a9bffe97cbabec",
         "data_batch_3": "md5:54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "md5:634d18415352ddfa80567beed471001a",

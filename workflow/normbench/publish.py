@@ -8,13 +8,14 @@ all again from ``results/`` alone (copy results back from a cluster, rebuild).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
 from .analysis import INTERVAL
 from .claims import CLAIMS_SCHEMA, evaluate
-from .report import claims_table, write_claims
+from .report import write_claims
 from .store import METRICS_SCHEMA, SUMMARY_SCHEMA, read_parquet, write_text
 from .studies import STUDIES
 
@@ -46,16 +47,19 @@ def write_index(out_dir, studies: list[str], claims_paths: list) -> Path:
     out = Path(out_dir)
     claims = pd.concat([read_parquet(p, CLAIMS_SCHEMA) for p in claims_paths], ignore_index=True)
     counts = claims.verdict.value_counts()
-    table = claims_table(claims)
-    table.insert(0, "study", [f"[{s}]({s}/README.md)" for s in claims.study])
+    estimate = [("–" if pd.isna(e) else f"{e:.3g}" + ("" if pd.isna(lo) or lo == hi else f" [{lo:.3g}, {hi:.3g}]"))
+                for e, lo, hi in zip(claims.estimate, claims.lo, claims.hi)]
+    table = pd.DataFrame({"study": [f"[{s}]({s}/README.md)" for s in claims.study], "claim": claims.statement,
+                          "source": claims.source, "verdict": claims.verdict, "estimate [95% CI]": estimate,
+                          "n": claims.n, "why / caveat": claims.note.fillna("")})
     lines = ["# normbench reports", "",
              f"The papers' claims, each checked on this run's data ({INTERVAL}): "
              + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("reproduced", "not reproduced", "inconclusive")) + ".",
+             "Each study's report gives what each estimate measures; the estimate is the deciding part (for a claim "
+             "checked at several settings, the one nearest to failing).",
              "", table.to_markdown(index=False), "", "## Studies", ""]
     for name in studies:
         f = out / name / "finding.json"
-        import json
-
         finding = json.loads(f.read_text())["finding"] if f.exists() else "(not built)"
         lines.append(f"- [{STUDIES.get(name).title}]({name}/README.md) — {finding}")
     lines += ["", "Each study's folder holds its Markdown report, CSV/HTML tables and SVG/PNG figures; "

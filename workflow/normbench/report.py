@@ -72,6 +72,18 @@ class Report:
         write_text(json.dumps({"study": st.name, "finding": self.finding}), out / "finding.json")
 
 
+def describe(s: pd.DataFrame) -> str:
+    """The setting a study's runs were trained in, read from their data (never the config)."""
+    if s.empty:
+        return "not run"
+    row, lrs = s.iloc[0], ", ".join(f"{v:g}" for v in sorted(set(s.lr)))
+    batches = ", ".join(str(int(b)) for b in sorted(set(s.batch_size)))
+    workers = f" × {int(row.workers)} workers" if int(row.workers) > 1 else ""
+    return (f"{', '.join(sorted(set(s.model_type)))} {row.model_options} ({row.init} init) on "
+            f"{', '.join(sorted(set(s.dataset)))}, {row.optimizer}, batch {batches}{workers}, lr {lrs}, "
+            f"{int(s.steps.max())} steps at most, {s.seed.nunique()} seeds")
+
+
 def artifacts(study: Study) -> dict[str, list[str]]:
     """Every file a study's report writes, relative to its folder, by kind."""
     tables, figures = list(study.tables), list(study.figures)

@@ -9,23 +9,19 @@ against its data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import pandas as pd
-
-if TYPE_CHECKING:  # annotations only
-    from .claims import Claim
-    from .report import Report
 
 
 @dataclass(frozen=True)
 class Study:
     name: str
     title: str
-    question: str
     source: str  # the paper (or benchmark) whose claims it tests
-    build: Callable[[pd.DataFrame, pd.DataFrame], "Report"]  # (summary, metrics) -> its report
-    tables: dict[str, str]  # name -> what it compares (a label in the HTML report)
-    figures: dict[str, str]
+    build: Callable[[pd.DataFrame, pd.DataFrame], object]  # (summary, metrics) -> its normbench.report.Report
+    question: str = ""
+    tables: dict[str, str] = field(default_factory=dict)  # name -> what it compares (a label in the HTML report)
+    figures: dict[str, str] = field(default_factory=dict)
     runner: str = "sgd"
-    claims: tuple["Claim", ...] = field(default_factory=tuple)
+    claims: tuple = ()  # normbench.claims.Claim, each

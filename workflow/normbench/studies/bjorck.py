@@ -11,7 +11,7 @@ from .. import analysis as A
 from .. import plots as P
 from .. import references as R
 from ..claims import Claim, Evidence, greater
-from ..report import Report
+from ..report import Report, describe
 from ..study import Study
 
 HUGE = 308.0  # log10 of a non-finite relative loss: it overflowed
@@ -69,7 +69,7 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
         + "; activation std last block / first at init: " + ", ".join(f"{n} {v:.3g}×" for n, v in growth.items())
         + ".")
     ref = R.BJORCK.values
-    r.notes = [f"Ours: {setting_text(s)}. Reference: {R.BJORCK.setting} ({R.BJORCK.cite()}): without BN above "
+    r.notes = [f"Ours: {describe(s)}. Reference: {R.BJORCK.setting} ({R.BJORCK.cite()}): without BN above "
                f"{ref['rel_loss']['none']:g} once α exceeds about {ref['rel_loss_steps']['none']:g}; with BN at most "
                f"about {ref['rel_loss']['bn']:g} up to α = {ref['rel_loss_steps']['bn']:g}. The blow-up needs residual "
                f"additions with He-scale branches and no normalization: each block adds a branch as large as its "
@@ -89,28 +89,18 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     return r
 
 
-def setting_text(s: pd.DataFrame) -> str:
-    row = s.iloc[0]
-    return (f"{row.model_type} {row.model_options} ({row.init} init) on {row.dataset}, {row.optimizer}, batch "
-            f"{int(row.batch_size)}, lr {', '.join(f'{v:g}' for v in sorted(set(s.lr)))}, {int(s.steps.max())} steps, "
-            f"{s.seed.nunique()} seeds")
 
 
-STUDY = Study(
-    name="bjorck",
-    title="Understanding BN",
-    question="How far can one step along the gradient go, and how do activations grow with depth, with and without "
-             "BN?",
-    source="Bjorck et al. 2018",
-    build=build,
-    tables={"rel_loss": "norm × lr × step size", "accuracy": "norm × lr"},
-    figures={"rel_loss": "norm × lr", "act_std_by_depth": "norm × layer", "act_mean_by_depth": "norm × layer"},
-    claims=(
-        Claim("explodes_without_bn", "Without BN the loss explodes along the gradient at small steps early in "
-              "training (relative loss above 1e6 from α ≈ 3e-3)", "Bjorck et al. 2018, relative loss in the first mini-batches", _explodes_without_bn),
-        Claim("tame_with_bn", "With BN the relative loss stays small (at most ≈ 3) for steps up to α = 0.1",
-              "Bjorck et al. 2018, relative loss in the first mini-batches", _tame_with_bn),
-        Claim("activations_grow", "Without BN the activations grow with depth (orders of magnitude)",
-              "Bjorck et al. 2018, activations by depth without BN", _activations_grow),
-    ),
+CLAIMS = (
+    Claim("explodes_without_bn", "Without BN the loss explodes along the gradient at small steps early in "
+          "training (relative loss above 1e6 from α ≈ 3e-3)", "Bjorck et al. 2018, relative loss in the first mini-batches", _explodes_without_bn),
+    Claim("tame_with_bn", "With BN the relative loss stays small (at most ≈ 3) for steps up to α = 0.1",
+          "Bjorck et al. 2018, relative loss in the first mini-batches", _tame_with_bn),
+    Claim("activations_grow", "Without BN the activations grow with depth (orders of magnitude)",
+          "Bjorck et al. 2018, activations by depth without BN", _activations_grow),
 )
+STUDY = Study("bjorck", "Understanding BN", "Bjorck et al. 2018", build, claims=CLAIMS,
+              question="How far can one step along the gradient go, and how do activations grow with depth, with and without "
+                       "BN?",
+              tables={"rel_loss": "norm × lr × step size", "accuracy": "norm × lr"},
+              figures={"rel_loss": "norm × lr", "act_std_by_depth": "norm × layer", "act_mean_by_depth": "norm × layer"})

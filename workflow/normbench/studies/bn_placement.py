@@ -12,7 +12,7 @@ from .. import analysis as A
 from .. import plots as P
 from .. import references as R
 from ..claims import Claim, Evidence, greater
-from ..report import Report
+from ..report import Report, describe
 from ..study import Study
 
 SIGMOID_ARM = "mlp"  # model_type of the Ioffe & Szegedy MNIST arm (3 fully connected sigmoid layers)
@@ -100,11 +100,11 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     r.finding = (f"best ReLU variant here: {best.variant} (test acc {best.test_acc:.3f}); caffenet-benchmark's best: "
                  f"BN after ReLU ({R.CAFFENET_PLACEMENT.values['BN after ReLU'][0]:.3f}). Sigmoid MLP: "
                  + ", ".join(f"{k} {A.fmt_row(v)}" for k, v in sig_acc.iterrows()) + ".")
-    r.notes = [f"Placement arm: {setting_text(conv)}, a fixed short budget, so that no variant sits at the digits "
+    r.notes = [f"Placement arm: {describe(conv)}, a fixed short budget, so that no variant sits at the digits "
                f"ceiling: the table shows how far each variant gets in the same steps, as caffenet-benchmark's fixed "
                f"320k iterations did on ImageNet. Reference: {R.CAFFENET_PLACEMENT.setting} "
                f"({R.CAFFENET_PLACEMENT.cite()}); compare orderings, not absolute numbers.",
-               f"Sigmoid arm: {setting_text(sig)}, after {R.BN_PAPER_MNIST.cite()}: {R.BN_PAPER_MNIST.setting}."]
+               f"Sigmoid arm: {describe(sig)}, after {R.BN_PAPER_MNIST.cite()}: {R.BN_PAPER_MNIST.setting}."]
     r.table("placement", t, f"BN before vs after the activation: test accuracy and log loss over "
                             f"{int(t.n.max())} seeds; best here {best.variant}.", shown)
     sig_t = A.summarize(sig, ["norm_type", "activation"], "final_test_acc")
@@ -121,28 +121,17 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     return r
 
 
-def setting_text(s: pd.DataFrame) -> str:
-    if s.empty:
-        return "not run"
-    row = s.iloc[0]
-    return (f"{row.model_type} {row.model_options} on {row.dataset}, {row.optimizer}, {row.init} init, batch "
-            f"{int(row.batch_size)}, lr {row.lr:g}, {int(s.steps.max())} steps, {s.seed.nunique()} seeds")
 
 
-STUDY = Study(
-    name="bn_placement",
-    title="BN before vs after the nonlinearity",
-    question="Does BN work better before or after the activation, with or without its affine parameters, and does "
-             "it let a sigmoid net train?",
-    source="ducha-aiki/caffenet-benchmark; Ioffe & Szegedy 2015",
-    build=build,
-    tables={"placement": "variant", "sigmoid": "norm"},
-    figures={"curves": "variant", "sigmoid": "norm"},
-    claims=(
-        Claim("sigmoid_trains", "BN lets a sigmoid net with small Gaussian init train where the same net without BN "
-              "does not", "Ioffe & Szegedy 2015, §4.1, Fig. 1(a)", _sigmoid_claim),
-        Claim("after_relu", "BN after ReLU beats BN before ReLU (caffenet-benchmark's table: no affine step, as "
-              "Caffe's BN layer; the difference with scale&bias stated beside it)",
-              "caffenet-benchmark, batchnorm.md (0.499 vs 0.474; with scale&bias 0.493 vs 0.478)", _after_vs_before),
-    ),
+CLAIMS = (
+    Claim("sigmoid_trains", "BN lets a sigmoid net with small Gaussian init train where the same net without BN "
+          "does not", "Ioffe & Szegedy 2015, §4.1, Fig. 1(a)", _sigmoid_claim),
+    Claim("after_relu", "BN after ReLU beats BN before ReLU (caffenet-benchmark's table: no affine step, as "
+          "Caffe's BN layer; the difference with scale&bias stated beside it)",
+          "caffenet-benchmark, batchnorm.md (0.499 vs 0.474; with scale&bias 0.493 vs 0.478)", _after_vs_before),
 )
+STUDY = Study("bn_placement", "BN before vs after the nonlinearity", "ducha-aiki/caffenet-benchmark; Ioffe & Szegedy 2015", build, claims=CLAIMS,
+              question="Does BN work better before or after the activation, with or without its affine parameters, and does "
+                       "it let a sigmoid net train?",
+              tables={"placement": "variant", "sigmoid": "norm"},
+              figures={"curves": "variant", "sigmoid": "norm"})

@@ -10,7 +10,7 @@ from .. import analysis as A
 from .. import plots as P
 from .. import references as R
 from ..claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Claim, Evidence
-from ..report import Report
+from ..report import Report, describe
 from ..study import Study
 
 
@@ -83,7 +83,7 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     r.finding = (f"activation std at layer {last + 1} of {last + 1} at init: "
                  + ", ".join(f"{k} {v:.3g}" for k, v in table.set_index("setting").iloc[:, -1].items())
                  + f" (BN before ReLU should give √(½ − 1/2π) = {target:.3f} at every depth).")
-    r.notes = [f"Ours: {setting_text(s)}. Expected value: {R.DEPTH_STD.setting} ({R.DEPTH_STD.cite()})."]
+    r.notes = [f"Ours: {describe(s)}. Expected value: {R.DEPTH_STD.setting} ({R.DEPTH_STD.cite()})."]
     r.figure("act_std_by_depth", P.activations_by_depth(A.with_runs(m, s.assign(setting=s.apply(_setting, axis=1)),
                                                                     ["setting"]), "act_std", hue="setting"),
              f"Activation std per layer of the MLP at init and after the last probed step (mean, t 95% band, seeds); "
@@ -93,27 +93,18 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     return r
 
 
-def setting_text(s: pd.DataFrame) -> str:
-    models = ", ".join(sorted(set(s.model_type)))
-    return (f"{models} ({s.model_options.iloc[0]}) on {', '.join(sorted(set(s.dataset)))}, batch "
-            f"{int(s.batch_size.iloc[0])}, {s.seed.nunique()} seeds")
 
 
-STUDY = Study(
-    name="depth_stats",
-    title="Activations through depth",
-    question="How does the activation scale change through a 100-layer MLP: default init, Kaiming init, "
-             "BN before and after ReLU?",
-    source="He et al. 2015; Ioffe & Szegedy 2015",
-    build=build,
-    tables={"act_std": "setting × layer"},
-    figures={"act_std_by_depth": "setting × layer"},
-    claims=(
-        Claim("bn_relu_std", "With BN before ReLU the activation std is √(½ − 1/2π) ≈ 0.584 at every depth",
-              "Ioffe & Szegedy 2015, §3 (normalized pre-activations)", _bn_relu_std),
-        Claim("default_vanishes", "Without normalization, default (PyTorch) init makes the activations vanish "
-              "with depth", "He et al. 2015, §2.2", _default_vanishes),
-        Claim("kaiming_holds", "Kaiming init keeps the activation scale through depth (within 10× over 100 layers)",
-              "He et al. 2015, §2.2, Fig. 2", _kaiming_holds),
-    ),
+CLAIMS = (
+    Claim("bn_relu_std", "With BN before ReLU the activation std is √(½ − 1/2π) ≈ 0.584 at every depth",
+          "Ioffe & Szegedy 2015, §3 (normalized pre-activations)", _bn_relu_std),
+    Claim("default_vanishes", "Without normalization, default (PyTorch) init makes the activations vanish "
+          "with depth", "He et al. 2015, §2.2", _default_vanishes),
+    Claim("kaiming_holds", "Kaiming init keeps the activation scale through depth (within 10× over 100 layers)",
+          "He et al. 2015, §2.2, Fig. 2", _kaiming_holds),
 )
+STUDY = Study("depth_stats", "Activations through depth", "He et al. 2015; Ioffe & Szegedy 2015", build, claims=CLAIMS,
+              question="How does the activation scale change through a 100-layer MLP: default init, Kaiming init, "
+                       "BN before and after ReLU?",
+              tables={"act_std": "setting × layer"},
+              figures={"act_std_by_depth": "setting × layer"})

@@ -89,15 +89,9 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     return r
 
 
-STUDY = Study(
-    name="feature_scaling",
-    title="Input feature scaling",
-    question="How does rescaling two features reshape a linear model's error surface and gradient descent?",
-    source="LeCun et al. 1998 (Efficient BackProp)",
-    build=build,
-    tables={"convergence": "scaling × step"},
-    figures={"contours": "scaling"},
-    runner="linear_gd",
-    claims=(Claim("standardize_conditions", "Standardizing the inputs cuts the Hessian's condition number and the "
-                  "gradient-descent steps to converge", "LeCun et al. 1998, §4.3", _cond_claim),),
-)
+CLAIMS = (Claim("standardize_conditions", "Standardizing the inputs cuts the Hessian's condition number and the "
+                  "gradient-descent steps to converge", "LeCun et al. 1998, §4.3", _cond_claim),)
+STUDY = Study("feature_scaling", "Input feature scaling", "LeCun et al. 1998 (Efficient BackProp)", build, claims=CLAIMS, runner="linear_gd",
+              question="How does rescaling two features reshape a linear model's error surface and gradient descent?",
+              tables={"convergence": "scaling × step"},
+              figures={"contours": "scaling"})

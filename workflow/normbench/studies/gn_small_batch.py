@@ -10,7 +10,7 @@ from .. import analysis as A
 from .. import plots as P
 from .. import references as R
 from ..claims import Claim, Evidence, greater, within
-from ..report import Report
+from ..report import Report, describe
 from ..study import Study
 
 FLAT = 1.5  # percentage points of test error: "flat" (about five digits test images); Wu & He's GN moves 0.2
@@ -92,7 +92,7 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
              "statistics from too few values -- acts at a smaller scale, and at N = 2 in the extreme (each BN "
              "output is then ±1)" if (s.model_type == "mlp").all() else
              "ours normalizes each channel over N×H×W values of much smaller maps")
-    r.notes = [f"Ours: {setting_text(s)}: {workers} data-parallel workers, each normalizing its own {small}–{large} "
+    r.notes = [f"Ours: {describe(s)}: each of the {workers} data-parallel workers normalizes its own {small}–{large} "
                f"images (unsynchronized BN, as on Wu & He's 8 GPUs), lr = 0.1·N/32, the same epochs at every batch, "
                f"BN evaluated with running averages. Reference: {R.GN_WU_HE.setting} ({R.GN_WU_HE.cite()}). "
                f"Wu & He's ResNet-50 normalizes each channel over N×7×7 values or more; {scale}. Compare the trend "
@@ -108,26 +108,17 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     return r
 
 
-def setting_text(s: pd.DataFrame) -> str:
-    row = s.iloc[0]
-    return (f"{row.model_type} {row.model_options} on {row.dataset}, {row.optimizer}, "
-            f"{s.seed.nunique()} seeds")
 
 
-STUDY = Study(
-    name="gn_small_batch",
-    title="Group Norm at small batches",
-    question="BN's error grows as the batch shrinks; does GN's?",
-    source="Wu & He 2018",
-    build=build,
-    tables={"error_by_batch": "norm × batch size"},
-    figures={"error_vs_batch": "norm × batch size"},
-    claims=(
-        Claim("bn_rises", "BN's error rises as the batch per worker shrinks", "Wu & He 2018, Fig. 1 / Table 2",
-              _bn_rises),
-        Claim("gn_flat", f"GN's error stays flat as the batch shrinks (within ±{FLAT} points)",
-              "Wu & He 2018, Fig. 1 / Table 2", _gn_flat),
-        Claim("gn_beats_bn", "GN beats BN at the smallest batch", "Wu & He 2018, Fig. 1 (batch 2: 24.1 vs 34.7)",
-              _gn_beats_bn),
-    ),
+CLAIMS = (
+    Claim("bn_rises", "BN's error rises as the batch per worker shrinks", "Wu & He 2018, Fig. 1 / Table 2",
+          _bn_rises),
+    Claim("gn_flat", f"GN's error stays flat as the batch shrinks (within ±{FLAT} points)",
+          "Wu & He 2018, Fig. 1 / Table 2", _gn_flat),
+    Claim("gn_beats_bn", "GN beats BN at the smallest batch", "Wu & He 2018, Fig. 1 (batch 2: 24.1 vs 34.7)",
+          _gn_beats_bn),
 )
+STUDY = Study("gn_small_batch", "Group Norm at small batches", "Wu & He 2018", build, claims=CLAIMS,
+              question="BN's error grows as the batch shrinks; does GN's?",
+              tables={"error_by_batch": "norm × batch size"},
+              figures={"error_vs_batch": "norm × batch size"})

@@ -10,7 +10,7 @@ from .. import analysis as A
 from .. import plots as P
 from .. import references as R
 from ..claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Claim, Evidence, every
-from ..report import Report
+from ..report import Report, describe
 from ..study import Study
 
 
@@ -67,7 +67,7 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
                                     f"speed-up over no normalization (as the BN paper's steps-to-72.2% table); "
                                     f"{note}.", shown)
     paper = ", ".join(f"{k} {v[0] / 1e6:g}M steps" for k, v in R.BN_PAPER_STEPS.values.items() if v[0])
-    r.notes = [f"{R.BN_PAPER_STEPS.cite()}: {R.BN_PAPER_STEPS.setting}: {paper}. Ours: {setting_text(s)}; "
+    r.notes = [f"{R.BN_PAPER_STEPS.cite()}: {R.BN_PAPER_STEPS.setting}: {paper}. Ours: {describe(s)}; "
                f"compare orderings and ratios, not absolute numbers."]
     r.figure("curves_test_acc", P.curves(m, "test", "acc"), "Test accuracy vs step per norm (mean, t 95% band, "
                                                             "seeds).")
@@ -76,21 +76,13 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     return r
 
 
-def setting_text(s: pd.DataFrame) -> str:
-    return (f"{', '.join(sorted(set(s.model_type)))} on {', '.join(sorted(set(s.dataset)))}, {s.optimizer.iloc[0]}, "
-            f"{int(s.steps.max())} steps, {s.seed.nunique()} seeds")
 
 
-STUDY = Study(
-    name="lr_bs_sweep",
-    title="Learning rate × batch size",
-    question="How large a learning rate does each normalizer tolerate, and how fast does it reach a target accuracy?",
-    source="Ioffe & Szegedy 2015",
-    build=build,
-    tables={"max_stable_lr": "norm × batch size", "steps_to_target": "norm × batch size"},
-    figures={"heatmaps": "norm × lr × batch size", "curves_test_acc": "norm × lr × batch size",
-             "curves_train_loss": "norm × lr × batch size"},
-    claims=(Claim("bn_larger_lr", "BN trains at learning rates where the same net without normalization diverges "
+CLAIMS = (Claim("bn_larger_lr", "BN trains at learning rates where the same net without normalization diverges "
                   "or collapses", "Ioffe & Szegedy 2015, §3.3 and §4.2.2 (BN-x30; without BN, 5× lr 'reached "
-                  "machine infinity')", _bn_trains_where_none_fails),),
-)
+                  "machine infinity')", _bn_trains_where_none_fails),)
+STUDY = Study("lr_bs_sweep", "Learning rate × batch size", "Ioffe & Szegedy 2015", build, claims=CLAIMS,
+              question="How large a learning rate does each normalizer tolerate, and how fast does it reach a target accuracy?",
+              tables={"max_stable_lr": "norm × batch size", "steps_to_target": "norm × batch size"},
+              figures={"heatmaps": "norm × lr × batch size", "curves_test_acc": "norm × lr × batch size",
+                      "curves_train_loss": "norm × lr × batch size"})
