@@ -31,10 +31,12 @@ reports: setup
 bench: setup
 	$(BIN)/normbench bench
 
-# Mutation testing of the normalizers and the probes (minutes; not part of `make test`).
+# Mutation testing of the normalizers, their layers and the probes (tens of minutes; not part of
+# `make test`).  mutmut wants the package at the top of its folder: it runs in .mutmut/.
 mutants: setup
-	$(BIN)/pip install -q mutmut==3.5.0
-	$(BIN)/mutmut run && $(BIN)/mutmut results
+	$(BIN)/pip install -q mutmut==3.8.1
+	rm -rf .mutmut && mkdir .mutmut && cp -r workflow/normbench tests .mutmut/ && cp tests/mutmut/setup.cfg .mutmut/
+	cd .mutmut && ../$(BIN)/mutmut run; ../$(BIN)/mutmut results
 
 clean:
-	rm -rf results reports/*/ reports/index.md reports/report.html .snakemake logs benchmarks mutants
+	rm -rf results reports/*/ reports/index.md reports/report.html .snakemake logs benchmarks .mutmut

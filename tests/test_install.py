@@ -79,16 +79,18 @@ def test_requires_python_and_readme_agree_with_the_lock():
     assert "Python ≥ 3.11" in (ROOT / "README.md").read_text()
 
 
-PLATFORMS = {  # marker environment, pip's platform tags
+def _manylinux(arch: str) -> list[str]:
+    return [f"manylinux_2_{v}_{arch}" for v in range(39, 16, -1)] + [f"manylinux2014_{arch}", "any"]
+
+
+PLATFORMS = {  # marker environment, pip's platform tags (every tag such a machine accepts)
     "linux-x86_64": ({"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64"},
-                     ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
-                      "manylinux2014_x86_64", "any"]),
+                     _manylinux("x86_64")),
     "linux-aarch64": ({"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "aarch64"},
-                      ["manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_26_aarch64",
-                       "manylinux_2_17_aarch64", "manylinux2014_aarch64", "any"]),
+                      _manylinux("aarch64")),
     "macos-arm64": ({"sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": "arm64"},
-                    ["macosx_14_0_arm64", "macosx_13_0_arm64", "macosx_12_0_arm64", "macosx_11_0_arm64",
-                     "macosx_11_0_universal2", "macosx_10_9_universal2", "any"]),
+                    [f"macosx_{v}_0_{a}" for v in range(15, 10, -1) for a in ("arm64", "universal2")]
+                    + ["macosx_10_9_universal2", "any"]),
 }
 SDIST_ONLY = {"connection_pool"}  # pure Python, published as a source archive only
 

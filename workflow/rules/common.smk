@@ -46,7 +46,9 @@ def dataset_markers(wildcards):
 
 
 def report_targets():
-    return [f"reports/{s}/README.md" for s in PIPE.studies] + ["reports/index.md"]
+    """Every file of every report (captions too: a deleted one is rebuilt, not a broken --report)."""
+    files = [str(f) for s in PIPE.studies for f in report_outputs(s).values()]
+    return files + ["reports/index.md"]
 
 
 def report_outputs(study):
