@@ -15,15 +15,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = ["wall_time_s", "train_time_s", "probe_time_s"]
 CONFIG = {"device": "cpu", "threads": 1,
-          "models": {"tiny": {"type": "vgg", "options": {"layers": [8, "M", 16]}},
-                     "mlp": {"type": "mlp", "options": {"depth": 2, "width": 16}}},
+          "models": {"tiny": {"type": "vgg", "options": {"layers": [8, "M", 16]}}},
           "train": {"steps": 300, "eval_every": 50, "checkpoint_every": 50},
           "studies": {
               "lr_bs_sweep": {"pack": False, "grid": {"model": ["tiny"], "dataset": ["digits"], "norm": ["bn", "ln"],
-                                                      "batch_size": [16], "lr": [0.05], "seed": [0, 1]}},
-              "depth_stats": {"grid": {"model": ["mlp"], "dataset": ["digits"], "norm": ["none", "bn"],
-                                       "batch_size": [32], "lr": [0.01], "seed": [0, 1]},
-                              "train": {"steps": 40, "probe_every": 10, "probes": ["act_stats"]}}}}
+                                                      "batch_size": [16], "lr": [0.05], "seed": [0, 1]}}}}
 PHASES = {  # what appears on disk when the run is in that phase
     "training": lambda wd: any((wd / "results").rglob("*.pt")) or any((wd / "logs/train").rglob("*.log")),
     "aggregation": lambda wd: any((wd / "logs/aggregate").glob("*.log")) or any((wd / "logs/claims").glob("*.log")),
@@ -54,6 +50,7 @@ def make_run(wd: Path) -> subprocess.Popen:
 def summaries(wd: Path) -> pd.DataFrame:
     out = [pd.read_parquet(f).drop(columns=VOLATILE) for f in sorted((wd / "results").glob("*/summary.parquet"))]
     return pd.concat(out, ignore_index=True).sort_values(["study", "norm", "seed"]).reset_index(drop=True)
+
 
 
 @pytest.fixture(scope="module")

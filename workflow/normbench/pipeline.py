@@ -17,6 +17,7 @@ import pandas as pd
 from . import config as config_file
 from .data import DATASETS
 from .errors import ConfigError
+from .mirrors import missing_files
 from .models import model_options
 from .norms import norm_options
 from .runners import RUNNERS
@@ -166,8 +167,6 @@ class Pipeline:
                 model_options(m.type, m.options)
 
     def _check_files(self):
-        from .mirrors import missing_files
-
         for name in sorted(self.downloads()):
             if not self.download and missing_files(name, self.data_dir):
                 raise ConfigError(

@@ -18,6 +18,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .analysis import layer_index, t_interval  # noqa: E402
+from .store import atomic_path  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper")
 DPI = 200
@@ -274,8 +275,6 @@ def empty(message: str) -> plt.Figure:
 
 def save(fig: plt.Figure, path) -> None:
     """Write atomically (temp name + rename); legends outside the axes are kept in."""
-    from .store import atomic_path
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=DPI, format=str(path).rsplit(".", 1)[-1], bbox_inches="tight",
                     metadata={"Date": None} if str(path).endswith(".svg") else None)

@@ -37,10 +37,6 @@ class Report:
     def figure(self, name, fig, caption: str):
         self.figures[name] = (fig, caption)
 
-    def files(self) -> dict[str, list[str]]:
-        """What ``write`` produces, by kind (the Snakemake rule declares exactly these)."""
-        return artifacts(self.study)
-
     def write(self, out_dir: str | Path) -> None:
         st = self.study
         if set(self.tables) != set(st.tables) or set(self.figures) != set(st.figures):

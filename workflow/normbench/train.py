@@ -27,6 +27,7 @@ from .data import BatchSchedule, Dataset
 from .layers import noise_modules, seed_noise, set_run_length, set_workers
 from .members import Eager, Vectorized
 from .models import build_network, count_params
+from .probing import Probing
 from .recorder import Recorder, RunResult, collapse_level
 from .settings import RunConfig
 from .store import atomic_path
@@ -159,11 +160,7 @@ class Trainer:
         self.stopped_at: list[int | None] = [None] * R
         self.step = 0
         self._reset_accumulators()
-        self.probing = None
-        if c0.probes:
-            from .probing import Probing
-
-            self.probing = Probing(self)
+        self.probing = Probing(self) if c0.probes else None
         if self.checkpoint and self.checkpoint.exists():
             self._load_checkpoint()
 

@@ -16,6 +16,8 @@ from typing import Callable, Protocol
 from ..recorder import RunResult
 from ..registry import Registry
 from ..settings import RunConfig
+from .linear_gd import LinearGD
+from .sgd import SGD
 
 
 @dataclass
@@ -48,17 +50,8 @@ class Runner(Protocol):
 
 
 RUNNERS: Registry[Runner] = Registry("runner")
-
-
-def _register() -> None:
-    from .linear_gd import LinearGD
-    from .sgd import SGD
-
-    RUNNERS.register("sgd", SGD())
-    RUNNERS.register("linear_gd", LinearGD())
-
-
-_register()
+RUNNERS.register("sgd", SGD())
+RUNNERS.register("linear_gd", LinearGD())
 
 
 def train(cfg: RunConfig, files: dict[str, Path] | None = None, checkpoint_dir: Path | None = None,
