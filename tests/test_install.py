@@ -115,7 +115,7 @@ def test_platform_only_wheels_carry_torchs_markers():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("platform", sorted(PLATFORMS))
+@pytest.mark.parametrize("platform", ["linux-aarch64", "macos-arm64"])  # Linux x86-64: `make setup` installs it
 def test_the_lock_resolves_on(platform, tmp_path):
     env, tags = PLATFORMS[platform]
     reqs = [r for r in lock_for(env) if r.split("==")[0] not in SDIST_ONLY]

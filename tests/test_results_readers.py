@@ -24,9 +24,9 @@ CONFIG = {"device": "cpu", "threads": 1, "models": {"tiny": {"type": "vgg", "opt
                                                "batch_size": [8, 16], "lr": [1e-7, 0.003, 0.1], "seed": [0, 1]}}}}
 
 
-def pipeline_under_umask(workdir: Path, umask: int) -> Path:
+def pipeline_under_umask(workdir: Path, umask: int, config: dict = CONFIG) -> Path:
     (workdir / "config").mkdir(parents=True)
-    (workdir / "config/config.yaml").write_text(yaml.safe_dump(CONFIG))
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
     code = (f"import os, sys; os.umask({umask}); from normbench.cli import main; "
             f"sys.exit(main(['run', '--snakefile', {str(ROOT / 'Snakefile')!r}, '--cores', '2']))")
     p = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=600)
@@ -87,7 +87,9 @@ def test_files_are_readable_by_colleagues_under_umask_022(results):
 
 @pytest.mark.slow
 def test_files_follow_a_private_umask_too(tmp_path):
-    wd = pipeline_under_umask(tmp_path, 0o077)
+    small = {**CONFIG, "studies": {"lr_bs_sweep": {"grid": {**CONFIG["studies"]["lr_bs_sweep"]["grid"],
+                                                            "batch_size": [8], "lr": [0.1]}}}}
+    wd = pipeline_under_umask(tmp_path, 0o077, small)
     for folder in (wd / "results", wd / "reports"):
         bad = [(str(p), oct(m)) for p, m in modes(folder) if m != 0o600]
         assert not bad, bad[:5]

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = ["wall_time_s", "train_time_s", "probe_time_s"]
 CONFIG = {"device": "cpu", "threads": 1,
           "models": {"tiny": {"type": "vgg", "options": {"layers": [8, "M", 16]}}},
-          "train": {"steps": 300, "eval_every": 50, "checkpoint_every": 50},
+          "train": {"steps": 150, "eval_every": 50, "checkpoint_every": 50},
           "studies": {
               "lr_bs_sweep": {"pack": False, "grid": {"model": ["tiny"], "dataset": ["digits"], "norm": ["bn", "ln"],
                                                       "batch_size": [16], "lr": [0.05], "seed": [0, 1]}}}}

@@ -92,7 +92,7 @@ def probed_run(config: dict):
     raise ValueError("the default config has no probed conv-net run")
 
 
-def probe_overhead(config: dict, pairs: int = 6) -> dict:
+def probe_overhead(config: dict, pairs: int = 6, steps: int | None = None) -> dict:
     """One probed run at the default config's interval vs the same run without,
     measured two ways: the probes' own time against the training time of the same
     run (no run-to-run noise), and the wall-time ratio of the two runs, the median
@@ -106,6 +106,8 @@ def probe_overhead(config: dict, pairs: int = 6) -> dict:
 
     torch.set_num_threads(THREADS)
     on, off = probed_run(config)
+    if steps:  # quick mode: a shorter run, still probed at its interval
+        on.steps = off.steps = steps
     ratios, inside, t_on, t_off = [], [], [], []
     for i in range(pairs):
         t = {}
@@ -170,7 +172,7 @@ def main(args) -> int:
             f"useful compute {st['useful_s']:.0f} s → useful-compute fraction {st['fraction']:.2f}")
     else:
         out("(b) default pipeline: skipped in quick mode (run `normbench bench` to measure it)")
-    po = probe_overhead(config, pairs=2 if args.quick else 6)
+    po = probe_overhead(config, pairs=2 if args.quick else 6, steps=200 if args.quick else None)
     out(f"(c) probe overhead, {po['study']} {po['model']} + BN, {po['steps']} steps, probes every {po['probe_every']}: "
         f"probes' time ÷ training time of the same run +{100 * po['inside']:.0f}%; wall time with vs without, "
         f"median of {po['pairs']} alternating pairs: {po['t_on']:.2f} s vs {po['t_off']:.2f} s → "
