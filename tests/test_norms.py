@@ -283,3 +283,54 @@ def test_user_normalizer_from_a_file(tmp_path):
         create_norm(name, 4, 2, epsilon=1)
     with pytest.raises(ConfigError, match="has no 'Nope'"):
         create_norm(f"{tmp_path}/mynorms.py:Nope", 4)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_worker_batchnorm_normalizes_each_slice_of_a_conv_batch(affine):
+    """BN with W data-parallel workers on conv maps: each worker's N images normalized over
+    its own N×H×W values; the running statistics move by the mean of the workers' statistics
+    (one step: num_batches_tracked + 1); evaluation uses them, as torch's BN does."""
+    from normbench.layers import BatchNorm2d
+
+    torch.manual_seed(5)
+    W, N, C = 3, 4, 5
+    x = torch.randn(W * N, C, 3, 2) * torch.arange(1, W * N + 1).view(-1, 1, 1, 1) + 2
+    m = BatchNorm2d(C, affine=affine, momentum=0.3)
+    if affine:
+        with torch.no_grad():
+            m.weight.copy_(torch.randn(C)); m.bias.copy_(torch.randn(C))
+    m.workers = W
+    y = m(x)
+    w, b = (m.weight, m.bias) if affine else (None, None)
+    expect = torch.cat([F.batch_norm(xs, None, None, w, b, True, 0.0, 1e-5) for xs in x.split(N)])
+    torch.testing.assert_close(y, expect)
+    stats = [(xs.mean((0, 2, 3)), xs.var((0, 2, 3), unbiased=True)) for xs in x.split(N)]
+    torch.testing.assert_close(m.running_mean, 0.3 * torch.stack([s[0] for s in stats]).mean(0))
+    torch.testing.assert_close(m.running_var, 0.7 + 0.3 * torch.stack([s[1] for s in stats]).mean(0))
+    assert int(m.num_batches_tracked) == 1
+    m.eval()
+    torch.testing.assert_close(m(x), F.batch_norm(x, m.running_mean, m.running_var, w, b, False, 0.0, 1e-5))
+
+
+@pytest.mark.parametrize("layer", ["lp_bn", "brn"])
+def test_custom_layers_evaluate_with_their_running_statistics(layer):
+    """Evaluation: (x − running mean) / running scale (+ eps for ℓp BN), by hand; a large eps
+    makes its sign visible."""
+    torch.manual_seed(6)
+    x = torch.randn(16, 3, 2, 2) * 2 + 1
+    m = (LpBatchNorm(3, p=1, eps=0.5, momentum=0.5, affine=False) if layer == "lp_bn"
+         else BatchRenorm(3, eps=0.5, momentum=0.5, affine=False))
+    m(x)  # one training step moves the running statistics away from (0, 1)
+    mean, scale = m.running_mean.view(1, 3, 1, 1), m.running_scale.view(1, 3, 1, 1)
+    assert not torch.allclose(mean, torch.zeros_like(mean)) and not torch.allclose(scale, torch.ones_like(scale))
+    m.eval()
+    expect = (x - mean) / (scale + 0.5) if layer == "lp_bn" else (x - mean) / scale
+    torch.testing.assert_close(m(x), expect)
+
+
+def test_lp_bn_training_divides_by_scale_plus_eps():
+    x = torch.randn(32, 2, 3, 3) + 1
+    y = LpBatchNorm(2, p=2, eps=0.5, affine=False)(x)
+    flat = x.transpose(0, 1).reshape(2, -1)
+    expect = (x - flat.mean(1).view(1, 2, 1, 1)) / (flat.pow(2).mean(1).sqrt().view(1, 2, 1, 1) + 0.5)
+    torch.testing.assert_close(y, expect)
