@@ -334,3 +334,12 @@ def test_lp_bn_training_divides_by_scale_plus_eps():
     flat = x.transpose(0, 1).reshape(2, -1)
     expect = (x - flat.mean(1).view(1, 2, 1, 1)) / (flat.pow(2).mean(1).sqrt().view(1, 2, 1, 1) + 0.5)
     torch.testing.assert_close(y, expect)
+
+
+def test_registry_options_reach_the_layers():
+    bn = create_norm("bn", 4, 2, affine=False, momentum=0.3, eps=1e-3)
+    assert (bn.affine, bn.momentum, bn.eps) == (False, 0.3, 1e-3) and bn.weight is None
+    gn = create_norm("gn", 8, 2, groups=2, eps=1e-3, affine=False)
+    assert (gn.num_groups, gn.eps, gn.affine) == (2, 1e-3, False)
+    for p, expect in [(1, 1.0), ("1.0", 1.0), (2.0, 2.0), ("inf", math.inf), ("infinity", math.inf), ("∞", math.inf)]:
+        assert create_norm("lp_bn", 3, 2, p=p).p == expect
