@@ -48,7 +48,8 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     target = s.target_acc.dropna().iloc[0] if s.target_acc.notna().any() else np.nan
     fmt_lr = lambda v: ", ".join(f"{n} {x:g}" if pd.notna(x) else f"{n} none" for n, x in v.items())  # noqa: E731
     r.finding = (f"largest lr at which every seed trained (worst batch size): "
-                 f"{fmt_lr(msl.groupby('norm').max_trained_lr.min())}; with no diverged seed: "
+                 f"{fmt_lr(msl.groupby('norm').max_trained_lr.min())}; with no diverged seed (finite loss, "
+                 f"collapsed to chance included): "
                  f"{fmt_lr(msl.groupby('norm').max_stable_lr.min())}.")
     r.figure("heatmaps", P.heatmaps(grid, "final test accuracy (mean over seeds)"),
              f"Final test accuracy (mean over seeds) over lr × batch size; 'div' marks diverged seeds, 'col' seeds "
@@ -74,8 +75,6 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     r.figure("curves_train_loss", P.curves(m, "train", "loss"),
              "Training loss vs step per norm (mean, t 95% band, seeds); diverged runs end early.")
     return r
-
-
 
 
 CLAIMS = (Claim("bn_larger_lr", "BN trains at learning rates where the same net without normalization diverges "
