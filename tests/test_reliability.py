@@ -23,6 +23,7 @@ from normbench.runners.sgd import get_data
 from normbench.settings import RunConfig
 from normbench.store import METRICS_SCHEMA, SUMMARY_SCHEMA, read_runs
 from normbench.train import Trainer
+from processes import finished
 
 ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = ["wall_time_s", "train_time_s", "probe_time_s"]
@@ -110,8 +111,7 @@ def study_metrics(workdir):
 def uninterrupted(tmp_path_factory):
     wd = pipeline_dir(tmp_path_factory.mktemp("clean"))
     p = snakemake(wd)
-    out = p.communicate(timeout=600)[0]
-    assert p.returncode == 0, out[-3000:]
+    finished(p, 600)
     return study_metrics(wd)
 
 
@@ -136,8 +136,7 @@ def test_sigkill_mid_run_then_rerun_gives_identical_metrics(tmp_path, uninterrup
     assert not (wd / "results/lr_bs_sweep/summary.parquet").exists()
     assert snakemake(wd, "--unlock").wait() == 0  # what a user does after a crash
     p = snakemake(wd)
-    out = p.communicate(timeout=600)[0]
-    assert p.returncode == 0, out[-3000:]
+    finished(p, 600)
     log = next((wd / "logs/train/lr_bs_sweep").rglob("*.log")).read_text()
     assert "resumed from" in log  # continued from the checkpoint, not from scratch
     same_metrics(study_metrics(wd), uninterrupted)
@@ -153,10 +152,9 @@ def test_sigterm_writes_a_checkpoint_and_the_job_resumes(tmp_path, uninterrupted
     log = lambda: "\n".join(f.read_text() for f in (wd / "logs/train").rglob("*.log"))  # noqa: E731
     wait_for(lambda: "step    200/" in log())  # training under way
     job.send_signal(signal.SIGTERM)  # what SLURM sends before it kills
-    out = p.communicate(timeout=600)[0]
     # the job checkpointed and exited; the rule's retries started it again and it resumed
     # from that checkpoint (periodic checkpoints are off: only the SIGTERM handler wrote one)
-    assert p.returncode == 0, out[-3000:]
+    out = finished(p, 600)
     resumed = re.search(r"resumed from \S+\.pt at step (\d+)", log())
     assert resumed and int(resumed.group(1)) >= 200
     assert "Error in rule train" in out, out[-3000:]  # the SIGTERMed attempt failed, and was retried

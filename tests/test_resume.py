@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from processes import finished
+
 ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = ["wall_time_s", "train_time_s", "probe_time_s"]
 CONFIG = {"device": "cpu", "threads": 1,
@@ -57,8 +59,7 @@ def summaries(wd: Path) -> pd.DataFrame:
 def clean(tmp_path_factory):
     wd = checkout(tmp_path_factory.mktemp("clean"))
     p = make_run(wd)
-    out = p.communicate(timeout=900)[0]
-    assert p.returncode == 0, out[-3000:]
+    finished(p, 900)
     return summaries(wd)
 
 
@@ -75,8 +76,7 @@ def test_kill_9_then_make_run_again_gives_the_clean_results(phase, tmp_path, cle
     os.killpg(p.pid, signal.SIGKILL)  # make, normbench run, snakemake and its jobs, all at once
     p.wait()
     again = make_run(wd)
-    out = again.communicate(timeout=900)[0]
-    assert again.returncode == 0, out[-3000:]
+    finished(again, 900)
     pd.testing.assert_frame_equal(summaries(wd), clean, check_exact=True)
     assert (wd / "reports/index.md").exists() and (wd / "reports/report.html").exists()
     assert not list((wd / "results").rglob("*.pt"))  # checkpoints are gone once their runs finished
