@@ -89,8 +89,6 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     return r
 
 
-
-
 CLAIMS = (
     Claim("explodes_without_bn", "Without BN the loss explodes along the gradient at small steps early in "
           "training (relative loss above 1e6 from α ≈ 3e-3)", "Bjorck et al. 2018, relative loss in the first mini-batches", _explodes_without_bn),

@@ -121,8 +121,6 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     return r
 
 
-
-
 CLAIMS = (
     Claim("sigmoid_trains", "BN lets a sigmoid net with small Gaussian init train where the same net without BN "
           "does not", "Ioffe & Szegedy 2015, §4.1, Fig. 1(a)", _sigmoid_claim),

@@ -93,8 +93,6 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     return r
 
 
-
-
 CLAIMS = (
     Claim("bn_relu_std", "With BN before ReLU the activation std is √(½ − 1/2π) ≈ 0.584 at every depth",
           "Ioffe & Szegedy 2015, §3 (normalized pre-activations)", _bn_relu_std),

@@ -108,8 +108,6 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     return r
 
 
-
-
 CLAIMS = (
     Claim("bn_rises", "BN's error rises as the batch per worker shrinks", "Wu & He 2018, Fig. 1 / Table 2",
           _bn_rises),

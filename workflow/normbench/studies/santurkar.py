@@ -190,8 +190,6 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     return r
 
 
-
-
 CLAIMS = (
     Claim("noisy_bn", f"Noisy BN trains about as well as BN (within {SAME:.0%}) and better than no BN",
           "Santurkar et al. 2018, Fig. 2", _noisy_bn),
