@@ -13,6 +13,7 @@ from normbench.publish import build_study, check_claims, write_index
 from normbench.store import METRICS_SCHEMA, SUMMARY_SCHEMA, write_parquet
 from normbench.studies.bn_placement import placement_table, variant
 from normbench.studies.gn_small_batch import error_table
+from normbench.studies.santurkar import by_phase, on_plateau
 
 
 def runs(rows):
@@ -180,3 +181,24 @@ def test_headline_report_and_claims_from_fixture_parquet(tmp_path):
     (tmp_path / "idx" / "gn_small_batch").mkdir()
     index = (tmp_path / "idx/index.md").read_text()
     assert "3 reproduced, 0 not reproduced, 0 inconclusive" in index
+
+
+def test_smoothness_probes_split_at_the_end_of_the_standard_nets_plateau():
+    rows = []
+    # the standard net's training loss, logged at steps 10, 20, 30: 2.3 and 2.2 are above 90% of 2.3
+    # (on the plateau), 1.0 is not
+    for step, loss in ((10, 2.3), (20, 2.2), (30, 1.0)):
+        for norm_type in ("none", "bn"):
+            rows.append(dict(norm_type=norm_type, lr=0.1, seed=0, step=step, split="train", metric="loss",
+                             layer=None, value=loss if norm_type == "none" else 0.5))
+    # probes at steps 0 and 10 read the loss logged at 10 (plateau), at 25 the one logged at 30 (after)
+    for step, bn, none in ((0, 5.0, 1.0), (10, 0.5, 1.0), (25, 1.0, 3.0)):
+        for norm_type, v in (("bn", bn), ("none", none)):
+            for layer in ("a", "b"):
+                rows.append(dict(norm_type=norm_type, lr=0.1, seed=0, step=step, split="probe", metric="beta_eff",
+                                 layer=layer, value=v))
+    m = pd.DataFrame(rows)
+    assert on_plateau(m).to_dict() == {(0.1, 0, 0): True, (0.1, 0, 10): True, (0.1, 0, 25): False}
+    text = by_phase(m, m, "beta_eff")
+    assert "at 1 of 2 probes while the standard net was on its initial plateau" in text
+    assert text.endswith("and at 1 of 1 after")
