@@ -11,7 +11,7 @@ import pandas as pd
 from .. import analysis as A
 from .. import plots as P
 from .. import references as R
-from ..claims import Claim, Evidence, every, greater, within
+from ..claims import REPRODUCED, Claim, Evidence, every, greater, within
 from ..report import Report, describe
 from ..study import Study
 
@@ -84,13 +84,21 @@ def by_phase(values: pd.DataFrame, m: pd.DataFrame, metric: str) -> str:
             f"{lower[~flat].sum()} of {(~flat).sum()} after")
 
 
+def _with_phases(ev: Evidence, phases: str) -> Evidence:
+    """The probe-by-probe split goes beside the estimate; where the claim did not reproduce, it is the reason."""
+    if ev.verdict == REPRODUCED:
+        ev.measured += f"; {phases}"
+    else:
+        ev.note = f"{phases}; {ev.note}" if ev.note else phases
+    return ev
+
+
 def _smoother(metric: str, what: str):
     def check(s, m) -> Evidence:
         _, mv, _, _ = _arms(s, m)
         ev = greater(_log_ratio(mv, metric, "none", "bn"), f"log10({what}: standard / BN), median over the run's "
                                                            f"probes", ".2f")
-        ev.measured += f"; {by_phase(mv, mv, metric)}"
-        return ev
+        return _with_phases(ev, by_phase(mv, mv, metric))
     return check
 
 
@@ -107,8 +115,7 @@ def _landscape_band(s, m) -> Evidence:
     bands = _band(mv)
     ev = greater(_log_ratio(bands, "band", "none", "bn"), "log10(loss-landscape band max − min over η: "
                                                           "standard / BN), median over the run's probes", ".2f")
-    ev.measured += f"; {by_phase(bands, mv, 'band')}"
-    return ev
+    return _with_phases(ev, by_phase(bands, mv, "band"))
 
 
 def _ics(arm: str):
