@@ -196,8 +196,9 @@ def _plateau_metrics(summary: pd.DataFrame) -> pd.DataFrame:
         # BN's β is below the standard net's at 10 and 25
         for step, bn, none in ((0, 5.0, 1.0), (10, 0.5, 1.0), (25, 1.0 + 0.1 * r.seed, 3.0)):
             for layer in ("a", "b"):
-                rows.append({**run, "step": step, "split": "probe", "metric": "beta_eff", "layer": layer,
-                             "value": bn if r.norm_type == "bn" else none})
+                for metric in ("beta_eff", "ics_l2"):
+                    rows.append({**run, "step": step, "split": "probe", "metric": metric, "layer": layer,
+                                 "value": bn if r.norm_type == "bn" else none})
     return pd.DataFrame(rows)
 
 
@@ -213,3 +214,8 @@ def test_smoothness_probes_split_at_the_end_of_the_standard_nets_plateau():
     beta = next(c for c in SANTURKAR.claims if c.id == "beta_eff").check(s, m)
     assert beta.verdict == INCONCLUSIVE and beta.note.startswith("BN's below the standard net's at 3 of 6 probes")
     assert "and at 3 of 3 after" in beta.note and "plateau" not in beta.measured
+    # BN's ICS is not below half the standard net's (log ratio 0 … 0.08): reproduced, the split beside it
+    ics = next(c for c in SANTURKAR.claims if c.id == "ics_vgg").check(s, m)
+    assert ics.verdict == REPRODUCED and ics.measured.endswith("at 3 of 6 probes while the standard net was on its "
+                                                               "initial plateau (training loss above 90% of its "
+                                                               "first) and at 3 of 3 after")

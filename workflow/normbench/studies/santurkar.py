@@ -132,7 +132,8 @@ def _ics(arm: str):
             ev.measured += (f"; median cos(G, G′) BN {cos.get('bn', np.nan):.3f} vs standard "
                             f"{cos.get('none', np.nan):.3f}; at the first step ℓ2 BN {init.get('bn', np.nan):.3g} vs "
                             f"standard {init.get('none', np.nan):.3g}")
-            parts.append(ev)
+            # the deep linear net has no plateau to split at: its loss falls from the first step
+            parts.append(ev if arm == LINEAR_ARM else _with_phases(ev, by_phase(g, g, "ics_l2")))
         return every(parts)
     return check
 
@@ -181,6 +182,9 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     first = _per_run(mv[mv.step == mv.step.min()], "ics_l2").groupby("label").value.median()
     log = _plateau_log(mv)
     left = log[~log.plateau].groupby(["lr", "seed"]).step.min().reindex(log.groupby(["lr", "seed"]).size().index)
+    train_loss = mv[(mv.split == "train") & (mv.metric == "loss")]
+    at_left = train_loss[train_loss.step == train_loss.step[train_loss.step >= left.median()].min()]
+    at_left = at_left.groupby("label").value.median()
     r.notes.append(
         f"How fast each net converges shapes the probes measured over the run: the median step at which the "
         f"training loss first falls below 0.05 is {reach.get('BN', np.nan):.0f} with BN and "
@@ -188,9 +192,11 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
         f"so it shrinks once a net has converged; at the first step, where both nets stand at the same loss, "
         f"BN's ICS is {first.get('BN', np.nan):.3g} against {first.get('standard', np.nan):.3g}. Without BN "
         f"the net first sits on a plateau: its training loss stays above {PLATEAU:.0%} of its first value until "
-        f"step {left.median():.0f} (median over seeds; NaN: never leaves). There the loss is flat along −g, so its "
-        f"gradient barely changes and its loss band is narrow: the smoothness probes favour the standard net on "
-        f"the plateau and BN after it, and each smoothness claim counts the probes of both phases. Where a "
+        f"step {left.median():.0f} (median over seeds; NaN: never leaves), when BN's training loss is already "
+        f"{at_left.get('BN', np.nan):.3g} against its {at_left.get('standard', np.nan):.3g}. On the plateau the "
+        f"loss is flat along −g, so its gradient barely changes and its loss band is narrow; after it BN has "
+        f"converged and its gradient is small. The probes favour the standard net on the plateau and BN after "
+        f"it, and each ICS and smoothness claim on the VGG counts the probes of both phases. Where a "
         f"claim is inconclusive, its note gives the seeds its measured spread would need; the full-scale "
         f"config (CIFAR-10, 15k steps) keeps both nets learning through the run, as in the paper.")
     r.figure("ics_l2", P.probe_over_training(mv, "ics_l2", "ICS ‖G − G′‖₂", hue="label"),
