@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 export PIP_CONSTRAINT := /dev/null
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test reports bench mutants clean
+.PHONY: setup run test evaluate reports bench bench-gpu mutants clean
 
 $(VENV)/.installed: envs/requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,11 +25,18 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q tests
 
+# the report card of one normalizer: make evaluate NORM=mynorms.py:RMSNorm2d (or NORM=gn, …)
+evaluate: setup
+	$(BIN)/normbench evaluate $(NORM)
+
 reports: setup
 	$(BIN)/normbench report --results results --out reports
 
 bench: setup
 	$(BIN)/normbench bench
+
+bench-gpu: setup
+	$(BIN)/normbench bench --device cuda
 
 # Mutation testing of the normalizers, their layers and the probes (tens of minutes; not part of
 # `make test`).  mutmut wants the package at the top of its folder: it runs in .mutmut/.

@@ -5,13 +5,19 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 
 @pytest.mark.slow
 def test_bench_quick_prints_ratios():
-    p = subprocess.run([sys.executable, "-m", "normbench.cli", "bench", "--quick"], capture_output=True, text=True,
-                       timeout=900)
+    """Without CUDA, --device cuda says so in one line and measures the CPU."""
+    no_cuda = not torch.cuda.is_available()
+    p = subprocess.run([sys.executable, "-m", "normbench.cli", "bench", "--quick"]
+                       + (["--device", "cuda"] if no_cuda else []), capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
+    if no_cuda:
+        assert p.stdout.splitlines()[0] == ("normbench bench --device cuda: no CUDA device here "
+                                            "(torch.cuda.is_available() is False); measuring the CPU instead")
     rows = re.findall(r"^\s+(4|32)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)×\s+([\d.]+)×$", p.stdout, re.M)
     assert [r[0] for r in rows] == ["4", "32"], p.stdout
     for bs, naive, lean, packed, lean_ratio, packed_ratio in rows:

@@ -25,46 +25,52 @@ def sweep(c):
     return c["studies"]["lr_bs_sweep"]
 
 
+def grid(c):
+    """lr_bs_sweep's first sub-grid (the checks below edit one grid)."""
+    g = sweep(c)["grid"]
+    return g[0] if isinstance(g, list) else g
+
+
 BAD = {
     "unknown study": (lambda c: c["studies"].__setitem__("imagenet_sweep", sweep(c)),
                       r"studies\.imagenet_sweep: study 'imagenet_sweep' is unknown; valid: bjorck, .*lr_bs_sweep"),
-    "unknown norm in grid": (lambda c: sweep(c)["grid"].__setitem__("norm", ["bn", "batchnorm"]),
-                             r"studies\.lr_bs_sweep\.grid\.norm: norm type 'batchnorm' is unknown; valid: .*gn.*"
+    "unknown norm in grid": (lambda c: grid(c).__setitem__("norm", ["bn", "batchnorm"]),
+                             r"studies\.lr_bs_sweep\.grid\.(0\.)?norm: norm type 'batchnorm' is unknown; valid: .*gn.*"
                              r"or an entry under norms: bn_noaffine, gn"),
     "unknown norm type": (lambda c: c["norms"].__setitem__("xn", {"type": "xnorm"}),
                           r"norms\.xn: norm type 'xnorm' is unknown; valid: .*bn"),
     "unknown norm option": (lambda c: c["norms"]["gn"].__setitem__("options", {"grops": 2}),
                             r"norms\.gn: norm 'gn': unknown option\(s\) grops; allowed: .*groups"),
-    "unknown model": (lambda c: sweep(c)["grid"].__setitem__("model", ["resnet9000"]),
-                      r"studies\.lr_bs_sweep\.grid\.model: model type 'resnet9000' is unknown; valid: .*vgg"),
-    "unknown dataset": (lambda c: sweep(c)["grid"].__setitem__("dataset", ["imagenet"]),
-                        r"studies\.lr_bs_sweep\.grid\.dataset: dataset 'imagenet' is unknown; valid: .*digits"),
+    "unknown model": (lambda c: grid(c).__setitem__("model", ["resnet9000"]),
+                      r"studies\.lr_bs_sweep\.grid\.(0\.)?model: model type 'resnet9000' is unknown; valid: .*vgg"),
+    "unknown dataset": (lambda c: grid(c).__setitem__("dataset", ["imagenet"]),
+                        r"studies\.lr_bs_sweep\.grid\.(0\.)?dataset: dataset 'imagenet' is unknown; valid: .*digits"),
     "unknown optimizer": (lambda c: sweep(c)["train"].__setitem__("optimizer", "rmsprop"),
                           r"studies\.lr_bs_sweep\.train: optimizer: 'rmsprop' .*sgd, momentum, adam"),
-    "wrong type": (lambda c: sweep(c)["grid"].__setitem__("batch_size", ["big"]),
-                   r"studies\.lr_bs_sweep\.grid\.batch_size\.0: 'big' is not of type 'integer'"),
-    "negative lr": (lambda c: sweep(c)["grid"].__setitem__("lr", [0.1, -0.01]),
-                    r"studies\.lr_bs_sweep\.grid\.lr\.1: -0\.01 is less than or equal to the minimum of 0"),
-    "empty grid": (lambda c: sweep(c)["grid"].__setitem__("seed", []),
-                   r"studies\.lr_bs_sweep\.grid\.seed: \[\] should be non-empty"),
+    "wrong type": (lambda c: grid(c).__setitem__("batch_size", ["big"]),
+                   r"studies\.lr_bs_sweep\.grid\.(0\.)?batch_size\.0: 'big' is not of type 'integer'"),
+    "negative lr": (lambda c: grid(c).__setitem__("lr", [0.1, -0.01]),
+                    r"studies\.lr_bs_sweep\.grid\.(0\.)?lr\.1: -0\.01 is less than or equal to the minimum of 0"),
+    "empty grid": (lambda c: grid(c).__setitem__("seed", []),
+                   r"studies\.lr_bs_sweep\.grid\.(0\.)?seed: \[\] should be non-empty"),
     "bad group count": (lambda c: c["norms"]["gn"].__setitem__("options", {"groups": 3}),
                         r"studies\.lr_bs_sweep\.grid: .*gn: groups=3 does not divide a layer of 16 channels"),
-    "instance norm on 1×1 maps": (lambda c: sweep(c)["grid"].update(model=["resnet18"], norm=["in"]),
+    "instance norm on 1×1 maps": (lambda c: grid(c).update(model=["resnet18"], norm=["in"]),
                                   r"studies\.lr_bs_sweep\.grid: model 'resnet18' with norm 'in' on digits: "
                                   r"model 'resnet18' cannot run on inputs of shape \(1, 8, 8\): Expected more than 1"),
-    "instance norm on an MLP": (lambda c: sweep(c)["grid"].update(model=["mlp"], norm=["in"]),
+    "instance norm on an MLP": (lambda c: grid(c).update(model=["mlp"], norm=["in"]),
                                 r"studies\.lr_bs_sweep\.grid: .*'in' needs conv feature maps"),
-    "quoted number": (lambda c: sweep(c)["grid"].__setitem__("lr", ["0.1"]),
-                      r"studies\.lr_bs_sweep\.grid\.lr\.0: '0\.1' is not of type 'number'"),
+    "quoted number": (lambda c: grid(c).__setitem__("lr", ["0.1"]),
+                      r"studies\.lr_bs_sweep\.grid\.(0\.)?lr\.0: '0\.1' is not of type 'number'"),
     "unknown key": (lambda c: sweep(c).__setitem__("learning_rate", [0.1]),
                     r"studies\.lr_bs_sweep\.learning_rate: unknown key; allowed: enabled, grid"),
     "unknown train setting": (lambda c: sweep(c)["train"].__setitem__("stepz", 3),
                               r"studies\.lr_bs_sweep\.train\.stepz: unknown key \(did you mean 'steps'\?\); allowed: .*"),
-    "typo in a grid key": (lambda c: sweep(c)["grid"].__setitem__("batchsize", sweep(c)["grid"].pop("batch_size")),
-                           r"studies\.lr_bs_sweep\.grid\.batchsize: unknown key \(did you mean 'batch_size'\?\); "
+    "typo in a grid key": (lambda c: grid(c).__setitem__("batchsize", grid(c).pop("batch_size")),
+                           r"studies\.lr_bs_sweep\.grid\.(0\.)?batchsize: unknown key \(did you mean 'batch_size'\?\); "
                            r"allowed: activation, batch_size"),
-    "unknown activation": (lambda c: sweep(c)["grid"].__setitem__("activation", ["gelu"]),
-                           r"studies\.lr_bs_sweep\.grid\.activation: 'gelu' is not valid; choose one of relu"),
+    "unknown activation": (lambda c: grid(c).__setitem__("activation", ["gelu"]),
+                           r"studies\.lr_bs_sweep\.grid\.(0\.)?activation: 'gelu' is not valid; choose one of relu"),
     "unknown input scaling": (lambda c: c["studies"]["feature_scaling"]["grid"].__setitem__("norm", ["zscore"]),
                               r"studies\.feature_scaling\.grid\.norm: input scaling 'zscore' is unknown; valid: "
                               r"mean_norm, minmax, raw, standardize"),
@@ -72,10 +78,10 @@ BAD = {
                                           r"norms\.mine: norm type 'nowhere.mod:X': cannot import 'nowhere.mod'"),
     "probes with workers": (lambda c: sweep(c)["train"].update(workers=2, probes=["ics"], probe_every=5),
                             r"studies\.lr_bs_sweep\.train: workers: 2 with probes"),
-    "bad placement": (lambda c: sweep(c)["grid"].__setitem__("placement", ["middle"]),
+    "bad placement": (lambda c: grid(c).__setitem__("placement", ["middle"]),
                       r"placement: 'middle' is not valid; choose one of pre, post"),
-    "batch larger than data": (lambda c: sweep(c)["grid"].__setitem__("batch_size", [5000]),
-                               r"studies\.lr_bs_sweep\.grid\.batch_size: 5000 exceeds the 1437 training examples of digits"),
+    "batch larger than data": (lambda c: grid(c).__setitem__("batch_size", [5000]),
+                               r"studies\.lr_bs_sweep\.grid\.(0\.)?batch_size: 5000 exceeds the 1437 training examples of digits"),
     "unknown probe": (lambda c: sweep(c)["train"].__setitem__("probes", ["hessian"]),
                       r"studies\.lr_bs_sweep\.train: probes: 'hessian' is not valid; choose one of ics"),
     "bad lp": (lambda c: c["norms"]["lp1_bn"].__setitem__("options", {"p": 3}),
@@ -84,7 +90,7 @@ BAD = {
                                          r"norms\.gnx: norm 'gn': unknown option"),
     "every study disabled": (lambda c: [s.__setitem__("enabled", False) for s in c["studies"].values()],
                              r"studies: every study is disabled"),
-    "bad device": (lambda c: c.__setitem__("device", "tpu"), r"device: 'tpu' does not match"),
+    "bad device": (lambda c: c.__setitem__("device", "tpu"), r"device: 'tpu' is not valid; allowed: auto"),
 }
 
 
@@ -114,18 +120,20 @@ def test_schema_train_block_lists_exactly_the_train_settings():
 
 
 def test_missing_dataset_files_offline(tmp_path):
-    c = mutate(lambda c: (sweep(c)["grid"].__setitem__("dataset", ["cifar10"]),
+    c = mutate(lambda c: (grid(c).__setitem__("dataset", ["cifar10"]),
                           c.update(download=False, data_dir=str(tmp_path))))
     with pytest.raises(ConfigError, match=r"download: false, but dataset 'cifar10' is not in .*normbench download"):
         load_config(c)
 
 
 def test_exponent_without_dot_is_a_number():
-    c = mutate(lambda c: sweep(c)["grid"].__setitem__("lr", ["1e-3", 1.0e-2]))
-    assert sorted(load_config(c).studies["lr_bs_sweep"].runs.lr.unique()) == [0.001, 0.01]
-    text = (ROOT / "config/config.yaml").read_text().replace("lr: [0.01, 0.05, 0.2, 1.0, 4.0]", "lr: [1e-3, 5e-2]")
-    assert yaml.safe_load(text)["studies"]["lr_bs_sweep"]["grid"]["lr"] == ["1e-3", "5e-2"]  # the YAML pitfall
-    assert sorted(load_config(yaml.safe_load(text)).studies["lr_bs_sweep"].runs.lr.unique()) == [0.001, 0.05]
+    c = mutate(lambda c: grid(c).__setitem__("lr", ["1e-3", 1.0e-2]))
+    runs = load_config(c).studies["lr_bs_sweep"].runs
+    assert sorted(runs[runs._grid == 0].lr.unique()) == [0.001, 0.01]
+    text = (ROOT / "config/config.yaml").read_text().replace("lr: [0.05, 0.2, 0.5, 1.0, 4.0]", "lr: [1e-3, 5e-2]")
+    assert yaml.safe_load(text)["studies"]["lr_bs_sweep"]["grid"][0]["lr"] == ["1e-3", "5e-2"]  # the YAML pitfall
+    runs = load_config(yaml.safe_load(text)).studies["lr_bs_sweep"].runs
+    assert sorted(runs[runs._grid == 0].lr.unique()) == [0.001, 0.05]
 
 
 def test_lr_rule_scales_with_batch():
@@ -142,14 +150,14 @@ def test_default_grids_and_paths():
     files = pipe.files("lr_bs_sweep", "summary")
     assert len(files) == len(set(files)) == len(pipe.studies["lr_bs_sweep"].runs)
     assert files[0] == ("results/lr_bs_sweep/runs/summary/model~cnn/dataset~digits/norm~none/placement~pre/"
-                        "activation~relu/batch_size~8/lr~0.01/seed~0.parquet")
+                        "activation~relu/batch_size~8/lr~0.05/seed~0.parquet")
     assert "=" not in "".join(files)  # no key=value folders for readers to infer (mis-typed) columns from
     # the default trains the whole sweep in one job (pack: [norm, batch_size, lr, seed]) ...
     packs = pipe.packs("lr_bs_sweep")
-    assert len(packs) == 1 and all(len(v) == 120 for v in packs.values())
+    assert len(packs) == 1 and all(len(v) == 2 * 2 * 5 * 5 + 2 * 2 * 4 * 3 for v in packs.values())
     # ... and `pack: true` means the runs that differ only in lr and seed
     c = mutate(lambda c: sweep(c).__setitem__("pack", True))
     packs = load_config(c).packs("lr_bs_sweep")
-    assert len(packs) == 8 and all(len(v) == 15 for v in packs.values())
+    assert len(packs) == 8 and sorted(map(len, packs.values())) == [12] * 4 + [25] * 4
     with pytest.raises(ConfigError, match=r"studies\.lr_bs_sweep\.pack: 'depth' is not a grid column"):
         load_config(mutate(lambda c: sweep(c).__setitem__("pack", ["depth"])))

@@ -108,8 +108,9 @@ def test_probes_do_not_change_training(norm, opt):
     pd.testing.assert_frame_equal(keep(off), keep(on), check_exact=True, check_dtype=False)  # bit for bit
     probe = on[on.split == "probe"]
     assert {"ics_l2", "ics_cos", "landscape_min", "landscape_max", "grad_pred_min", "grad_pred_max", "beta_eff",
-            "rel_loss", "act_mean", "act_std"} == set(probe.metric)
+            "rel_loss", "act_mean", "act_std", "probe_loss"} == set(probe.metric)
     assert sorted(probe[probe.metric == "beta_eff"].step.unique()) == [0, 3, 6, 9]
+    assert sorted(probe[probe.metric == "probe_loss"].step.unique()) == [0, 3, 6, 9]
     rel = probe[probe.metric == "rel_loss"]
     assert sorted(rel.step.unique()) == [0, 1, 2] and rel.step_size.notna().all()
     assert probe[probe.metric.str.startswith("ics")].layer.notna().all()
@@ -201,3 +202,23 @@ def test_ics_uses_the_optimizers_real_update(opt):
         sgd = {k: w[k] - cfg.lr * g[k] for k in names[:2]}  # what a plain SGD step would have given
         assert not all(torch.allclose(sgd[k], new[k]) for k in sgd) or (opt == "momentum" and step == 0)
         t.step += 1
+
+
+def test_probe_loss_is_the_loss_where_the_net_stands_and_probe_at_adds_steps():
+    """probe_loss at a probe step is L(W_t; B_t): at step 0 the freshly built net's loss on the first batch;
+    probe_at adds probe steps off the regular schedule."""
+    from normbench.data import BatchSchedule
+    from normbench.models import build_network
+    from normbench.runners.sgd import get_data
+
+    cfg = probe_cfg("none", True, probe_at=[1, 5])
+    res = train(cfg)
+    probe = res.metrics[res.metrics.split == "probe"]
+    pl = probe[probe.metric == "probe_loss"].set_index("step").value
+    assert sorted(pl.index) == [0, 1, 3, 5, 6, 9] and res.summary["probe_every"] == 3
+    data = get_data(cfg, torch.device("cpu"))
+    net = build_network(cfg, data.input_shape, data.num_outputs)
+    idx = BatchSchedule(len(data.x_train), cfg.batch_size, cfg.seed, "cpu")(0)[1]
+    with torch.no_grad():
+        want = nn.functional.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
+    assert pl[0] == pytest.approx(float(want), rel=1e-6)

@@ -26,7 +26,7 @@ from normbench.train import Trainer
 from processes import finished
 
 ROOT = Path(__file__).resolve().parents[1]
-VOLATILE = ["wall_time_s", "train_time_s", "probe_time_s"]
+VOLATILE = ["wall_time_s", "train_time_s", "probe_time_s", "compute_time_s"]
 
 
 def solo_cfg(**kw):

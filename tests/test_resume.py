@@ -15,7 +15,7 @@ import yaml
 from processes import finished
 
 ROOT = Path(__file__).resolve().parents[1]
-VOLATILE = ["wall_time_s", "train_time_s", "probe_time_s"]
+VOLATILE = ["wall_time_s", "train_time_s", "probe_time_s", "compute_time_s"]
 CONFIG = {"device": "cpu", "threads": 1,
           "models": {"tiny": {"type": "vgg", "options": {"layers": [8, "M", 16]}}},
           "train": {"steps": 150, "eval_every": 50, "checkpoint_every": 50},

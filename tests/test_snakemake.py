@@ -77,8 +77,9 @@ def test_lint_is_clean(tmp_path):
 
 def test_snakefmt_is_clean():
     files = [ROOT / "Snakefile", *sorted((ROOT / "workflow/rules").glob("*.smk"))]
-    p = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "--line-length", "120", *map(str, files)],
-                       capture_output=True, text=True, timeout=120)
+    # plain `snakefmt --check`, as a user types it: the settings are pyproject.toml's [tool.snakefmt]
+    p = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *map(str, files)],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -89,7 +90,7 @@ def test_bad_config_fails_before_any_job_in_one_line(tmp_path):
     assert p.returncode != 0
     err = p.stderr.strip().splitlines()
     assert err[-1] == ("normbench: config error in config/config.yaml: studies.lr_bs_sweep.grid.norm: norm type "
-                       "'batchnorm' is unknown; valid: bn, brn, gn, in, ln, lp_bn, noisy_bn, none, sn, wn (or "
+                       "'batchnorm' is unknown; valid: bn, brn, dyt, evonorm_b0, evonorm_s0, frn, gn, in, ln, lp_bn, noisy_bn, none, rms, sn, wn (or "
                        "'package.module:Name' for your own); or an entry under norms: gn")
     assert "Traceback" not in p.stderr and "common.smk" not in p.stderr
     assert not (tmp_path / "results").exists()

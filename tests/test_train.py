@@ -16,7 +16,7 @@ DESIGN_SUMMARY = ["study", "model", "dataset", "norm", "placement", "activation"
                   "final_test_acc", "final_test_loss", "best_test_acc", "final_train_loss", "diverged",
                   "diverged_step", "steps", "wall_time_s"]
 DESIGN_METRICS = ["step", "epoch", "examples", "split", "metric", "layer", "value", "wall_time_s"]
-VOLATILE = ["wall_time_s", "train_time_s", "probe_time_s"]
+VOLATILE = ["wall_time_s", "train_time_s", "probe_time_s", "compute_time_s"]
 
 
 def train(cfg, out=None):

@@ -3,9 +3,12 @@
 (a) runs/hour for the default digits CNN at batch 4 and 32: the naive loop (one
     process per run, DataLoader, ``.item()`` per step), our lean loop (one
     process per run), and our packed loop (one process, 12 runs vectorized);
-(b) the default pipeline's useful-compute fraction: time inside training and
-    probes ÷ (cores × wall time), from a fresh run of the pipeline;
+(b) the default pipeline's useful-compute fraction: the CPU time its runs'
+    processes spent training (probes and eval included) ÷ (cores × wall time),
+    from a fresh run of the pipeline;
 (c) the probe overhead at the default config's interval.
+
+``--device cuda`` measures the GPU instead (gpubench.py).
 
 Timings are noisy on shared machines: compare the ratios printed together,
 never numbers from another day.
@@ -16,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from .config import default_config_path, load
+from .launcher import pipeline_fraction
 
 THREADS = 1  # every variant on one thread: the pipeline's default, and a fair comparison
 ENV = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
@@ -125,29 +128,17 @@ def probe_overhead(config: dict, pairs: int = 6, steps: int | None = None) -> di
             "overhead": statistics.median(ratios) - 1, "inside": statistics.median(inside)}
 
 
-def pipeline_fraction(cores: int = 2) -> dict:
-    """Run the default pipeline afresh in a scratch directory and measure it."""
-    from .launcher import find_snakefile
-    from .pack import pipeline_stats
-
-    snakefile = find_snakefile(Path.cwd())
-    with tempfile.TemporaryDirectory(prefix="normbench-bench-") as tmp:
-        shutil.copytree(snakefile.parent / "config", Path(tmp) / "config")
-        start = time.time()
-        t = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(snakefile),
-                            "--directory", tmp, "--cores", str(cores), "--quiet", "all"],
-                           capture_output=True, text=True)
-        wall = time.perf_counter() - t
-        if p.returncode != 0:
-            raise RuntimeError(f"pipeline failed:\n{p.stderr[-3000:]}")
-        stats = pipeline_stats(Path(tmp) / "results", wall, cores, since=start - 1)
-    return stats
-
-
 def main(args) -> int:
     import torch
 
+    device = getattr(args, "device", "cpu")
+    if device in ("cuda", "auto") and torch.cuda.is_available():
+        from .gpubench import main as gpu_main
+
+        return gpu_main(args)
+    if device == "cuda":
+        print("normbench bench --device cuda: no CUDA device here (torch.cuda.is_available() is False); "
+              "measuring the CPU instead")
     config = load(default_config_path())
     layers = CNN
     steps, eval_every = (50 if args.quick else STEPS), EVAL_EVERY
@@ -169,7 +160,7 @@ def main(args) -> int:
     if not args.quick:
         st = pipeline_fraction()
         out(f"(b) default pipeline, fresh run on {st['cores']} cores: wall {st['wall_s']:.0f} s, {st['runs']} runs, "
-            f"useful compute {st['useful_s']:.0f} s → useful-compute fraction {st['fraction']:.2f}")
+            f"CPU time in training {st['useful_s']:.0f} s → useful-compute fraction {st['fraction']:.2f}")
     else:
         out("(b) default pipeline: skipped in quick mode (run `normbench bench` to measure it)")
     po = probe_overhead(config, pairs=2 if args.quick else 6, steps=200 if args.quick else None)

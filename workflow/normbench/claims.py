@@ -90,6 +90,21 @@ def greater(diffs, what: str, fmt: str = ".3g", margin: float = 0.0, min_n: int 
                     _undecided(margin, mean, lo, hi, n, f"the interval includes {margin:g}"))
 
 
+def at_most(diffs, margin: float, what: str, fmt: str = ".3g", min_n: int = 3) -> Evidence:
+    """The claim is A ≤ B + margin (non-inferiority, e.g. "does not rise by more than the margin"):
+    reproduced if the interval of A − B lies below the margin, not reproduced if above it."""
+    mean, lo, hi, n, text = _interval(diffs, fmt)
+    measured = f"{what}: {text} over {n} seed pairs; claim: below {margin:g} (t 95% interval)"
+    if n < min_n:
+        return Evidence(INCONCLUSIVE, measured, mean, lo, hi, n, f"only {n} paired seeds (need {min_n})")
+    if hi < margin:
+        return Evidence(REPRODUCED, measured, mean, lo, hi, n)
+    if lo > margin:
+        return Evidence(NOT_REPRODUCED, measured, mean, lo, hi, n)
+    return Evidence(INCONCLUSIVE, measured, mean, lo, hi, n,
+                    _undecided(margin, mean, lo, hi, n, f"the interval includes {margin:g}"))
+
+
 def within(diffs, margin: float, what: str, fmt: str = ".3g", min_n: int = 3) -> Evidence:
     """The claim is A ≈ B: reproduced if the interval of A − B lies inside ±margin, not
     reproduced if it lies wholly outside it (an equivalence test)."""

@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from . import __version__
 from .errors import ConfigError, DataError, IncompleteRun
 
@@ -28,13 +26,9 @@ def _progress(prefix: str = ""):
 
 
 def _parse_set(items: list[str]) -> dict:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
+    from .config import key_values
+
+    return key_values(items, "--set")
 
 
 def cmd_train(args) -> int:
@@ -98,6 +92,13 @@ def cmd_run(args, extra: list[str]) -> int:
     return run(args.configfile, args.snakefile, extra, report=not args.no_report)
 
 
+def cmd_evaluate(args, extra: list[str]) -> int:
+    from .evaluate import parse_options, run
+
+    return run(args.norm, parse_options(args.options), args.configfile, args.snakefile, extra,
+               report=not args.no_report)
+
+
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
 
@@ -107,6 +108,10 @@ def cmd_bench(args) -> int:
 def _arg(*names, **kw):
     return names, kw
 
+
+# the arguments of the commands that run the workflow
+WORKFLOW_ARGS = [_arg("--snakefile", metavar="FILE", help="the workflow (default: ./Snakefile of this checkout)"),
+                 _arg("--no-report", action="store_true", help="skip the HTML report")]
 
 # name -> (function, one-line help, description, its arguments); every argument has help text
 COMMANDS = {
@@ -139,21 +144,41 @@ COMMANDS = {
             "Any further arguments go to Snakemake (e.g. --cores 4, --profile workflow/profiles/slurm, -n, a "
             "target file).", [
                 _arg("--configfile", metavar="FILE", help="an experiment config (replaces the embedded default)"),
-                _arg("--snakefile", metavar="FILE", help="the workflow (default: ./Snakefile of this checkout)"),
-                _arg("--no-report", action="store_true", help="skip the HTML report")]),
+                *WORKFLOW_ARGS]),
+    "evaluate": (cmd_evaluate, "a report card for one normalizer beside bn, gn, ln and none",
+                 "Add NORM beside the baselines (bn, gn, ln, none) to a battery of the studies (lr and batch "
+                 "robustness, depth, landscape smoothness) plus a timing of one layer, run it through the pipeline "
+                 "under results/evaluate/<norm>/ (the same command resumes) and write the report card "
+                 "reports/evaluate/<norm>/README.md. Further arguments go to Snakemake.", [
+                     _arg("norm", metavar="NORM", help="a registry name (gn, in, ...), 'package.module:Class' or "
+                                                       "'path/to/file.py:Class'"),
+                     _arg("--options", nargs="+", action="extend", metavar="KEY=VALUE",
+                          help="the normalizer's options, e.g. --options groups=8 eps=1e-5"),
+                     _arg("--configfile", metavar="FILE",
+                          help="derive the battery from this config's studies (a real-data or full-scale tier) "
+                               "instead of the embedded default"),
+                     *WORKFLOW_ARGS]),
     "bench": (cmd_bench, "measure the training loop's speed, side by side in one run",
               "Naive vs lean vs packed training, the default pipeline's useful-compute fraction, and the probes' "
-              "overhead.", [_arg("--quick", action="store_true", help="fewer repetitions, no pipeline (for tests)")]),
+              "overhead; with --device cuda the training step on the GPU (eager and CUDA graph, ms per step, "
+              "GPU-busy fraction, TFLOP/s and fraction of peak), the default pipeline on the GPU and each "
+              "experiment's GPU-hours.", [
+                  _arg("--quick", action="store_true", help="fewer repetitions, no pipeline (for tests)"),
+                  _arg("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                       help="what to measure: the CPU, the GPU (without CUDA: says so, measures the CPU), or "
+                            "the GPU where there is one")]),
 }
-PASSTHROUGH = {"run"}  # commands whose unknown arguments go on to Snakemake
+PASSTHROUGH = {"run", "evaluate"}  # commands whose unknown arguments go on to Snakemake
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="normbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # allow_abbrev=False: `run --config KEY=VALUE` is Snakemake's --config, not a prefix of our --configfile
+    p = argparse.ArgumentParser(prog="normbench", description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"normbench {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     for name, (func, help_, description, args) in COMMANDS.items():
-        c = sub.add_parser(name, help=help_, description=description,
+        c = sub.add_parser(name, help=help_, description=description, allow_abbrev=False,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         for names, kw in args:
             c.add_argument(*names, **kw)

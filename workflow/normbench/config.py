@@ -75,6 +75,8 @@ def _explain(error, schema: dict) -> str:
             near = difflib.get_close_matches(bad, allowed, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             return f"{key}.{bad}: unknown key{hint}; allowed: {', '.join(allowed)}"
+    if error.validator == "pattern" and error.schema.get("description"):  # the description names what is allowed
+        return f"{key}: {error.instance!r} is not valid; allowed: {error.schema['description']}"
     return f"{key}: {error.message}"
 
 
@@ -101,3 +103,14 @@ def load(source: str | Path | dict) -> dict:
         return validate(config)
     except ConfigError as e:
         raise ConfigError(f"{where}{e}") from None
+
+
+def key_values(items: list[str] | None, flag: str) -> dict:
+    """``["k=v", …]`` from the command line -> {k: v}, each value read as YAML (numbers, lists, true)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out

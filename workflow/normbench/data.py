@@ -5,7 +5,8 @@ One ``DatasetSpec`` per dataset says what it is (shape, task, sizes) without
 loading it, so configs are validated before any job.  Bundled / generated:
 ``digits`` (scikit-learn), ``synthetic`` (class-structured images),
 ``synthetic_linear`` (the deep-linear-net regression y = A x), ``two_scale``
-(two features three orders of magnitude apart).  Downloaded once through
+(two features three orders of magnitude apart), ``chars16``/``chars128`` (next-character
+prediction on a generated synthetic language, windows of 16/128 characters).  Downloaded once through
 torchvision (``mirrors.py``): ``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist``.
 """
 
@@ -39,7 +40,9 @@ class Dataset:
 
     def to(self, device=None, dtype=None) -> "Dataset":
         """On ``device``; inputs (and regression targets) in ``dtype``."""
-        x = lambda t: t.to(device=device, dtype=dtype, non_blocking=True)  # noqa: E731
+        # token ids (the character corpus) stay integers
+        x = lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else None,  # noqa: E731
+                           non_blocking=True)
         y = x if self.task == "regression" else (lambda t: t.to(device, non_blocking=True))
         return Dataset(self.name, x(self.x_train), y(self.y_train), x(self.x_test), y(self.y_test), self.task,
                        self.num_outputs)
@@ -134,6 +137,89 @@ def load_two_scale(data_dir=None, n_train=1000, n_test=200, seed=0) -> Dataset:
                    "regression", 1)
 
 
+# ----------------------------------------------------------------------------
+# A generated character corpus (the transformer study's language modelling data)
+# ----------------------------------------------------------------------------
+
+CHARS_ALPHABET = " .\nabcdefghijklmnopqrstuvwxyz"  # token ids are positions in this string
+_ONSETS = ["b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z",
+           "br", "ch", "cl", "dr", "gr", "pl", "sh", "st", "th", "tr"]
+_VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "oo", "ou"]
+_CODAS = ["", "", "", "n", "r", "s", "t", "l", "nd", "st", "ng"]
+# A toy grammar: a sentence is a subject, a verb and an object, with optional adjectives and a
+# trailing prepositional phrase; every slot draws from its own word class with Zipf frequencies.
+_CLASSES = {"det": 6, "adj": 40, "noun": 120, "verb": 60, "prep": 8}
+_SENTENCE = [("det", 1.0), ("adj", 0.4), ("noun", 1.0), ("verb", 1.0), ("det", 1.0), ("adj", 0.3),
+             ("noun", 1.0), ("prep", 0.35)]
+
+
+def _draw(rng: np.random.Generator, cdf: np.ndarray) -> int:
+    """Inverse-CDF draw from ``rng.random()`` only: its stream is fixed for PCG64 across numpy
+    versions (``choice``/``integers`` may change their algorithm), so the corpus is too."""
+    return int(np.searchsorted(cdf, rng.random(), side="right"))
+
+
+def _cdf(weights) -> np.ndarray:
+    c = np.cumsum(np.asarray(weights, dtype=np.float64))
+    return c / c[-1]
+
+
+def generate_text(n_chars: int, seed: int = 0) -> str:
+    """A deterministic synthetic language of ``n_chars`` characters (seeded PCG64, nothing
+    downloaded): pronounceable words built from syllables, five word classes with Zipf(1)
+    frequencies, sentences from a small grammar (det adj? noun verb det adj? noun, then a
+    prepositional phrase sometimes), a line break every few sentences.  Structure at three
+    scales -- spelling, word choice, syntax -- so a character model learns well below the
+    unigram entropy; bigram-level statistics alone leave a clear gap."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    syl = lambda: _ONSETS[_draw(rng, _cdf(np.ones(len(_ONSETS))))] + _VOWELS[  # noqa: E731
+        _draw(rng, _cdf(np.ones(len(_VOWELS))))] + _CODAS[_draw(rng, _cdf(np.ones(len(_CODAS))))]
+    words: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for cls, n in _CLASSES.items():
+        short = cls in ("det", "prep")
+        out = []
+        while len(out) < n:
+            w = syl() if short else "".join(syl() for _ in range(1 + _draw(rng, _cdf([3, 4, 2]))))
+            if w not in seen:
+                seen.add(w)
+                out.append(w)
+        words[cls] = out
+    zipf = {cls: _cdf(1.0 / np.arange(1, len(ws) + 1)) for cls, ws in words.items()}
+    parts, length, sentences = [], 0, 0
+    while length < n_chars:
+        toks = [words[c][_draw(rng, zipf[c])] for c, p in _SENTENCE if p >= 1.0 or rng.random() < p]
+        if toks[-1] in words["prep"]:
+            toks += [words["det"][_draw(rng, zipf["det"])], words["noun"][_draw(rng, zipf["noun"])]]
+        sentences += 1
+        s = " ".join(toks) + (".\n" if sentences % 5 == 0 else ". ")
+        parts.append(s)
+        length += len(s)
+    return "".join(parts)[:n_chars]
+
+
+def load_chars(data_dir=None, context: int = 16, n_chars: int = 262_144, n_test: int = 128, seed: int = 0
+               ) -> Dataset:
+    """Next-character prediction on ``generate_text``: non-overlapping windows of ``context``
+    characters (x) and the same window shifted by one (y), shapes (N, T); the last ``n_test``
+    windows of the text are the validation split (held out as a contiguous block, so no
+    window overlaps a training one)."""
+    lookup = np.zeros(128, dtype=np.int64)
+    lookup[np.frombuffer(CHARS_ALPHABET.encode(), np.uint8)] = np.arange(len(CHARS_ALPHABET))
+    ids = torch.from_numpy(lookup[np.frombuffer(generate_text(n_chars, seed).encode(), np.uint8)])
+    n = (len(ids) - 1) // context
+    x = ids[:n * context].view(n, context)
+    y = ids[1:n * context + 1].view(n, context)
+    k = n - n_test
+    return Dataset(f"chars{context}", x[:k], y[:k], x[k:], y[k:], "classification", len(CHARS_ALPHABET))
+
+
+def _chars_spec(context: int, n_chars: int, n_test: int) -> DatasetSpec:
+    n = (n_chars - 1) // context
+    return DatasetSpec(lambda data_dir: load_chars(data_dir, context, n_chars, n_test), (context,), "classification",
+                       len(CHARS_ALPHABET), n - n_test, n_test)
+
+
 DATASETS: Registry[DatasetSpec] = Registry("dataset", key="dataset")
 DATASETS.register("digits", DatasetSpec(load_digits, (1, 8, 8), "classification", 10, 1437, 360))
 DATASETS.register("digits16", DatasetSpec(lambda data_dir: load_digits(data_dir, 16), (1, 16, 16), "classification",
@@ -141,6 +227,8 @@ DATASETS.register("digits16", DatasetSpec(lambda data_dir: load_digits(data_dir,
 DATASETS.register("synthetic", DatasetSpec(load_synthetic, (1, 8, 8), "classification", 10, 2000, 500))
 DATASETS.register("synthetic_linear", DatasetSpec(load_synthetic_linear, (10,), "regression", 10, 1000, 200))
 DATASETS.register("two_scale", DatasetSpec(load_two_scale, (2,), "regression", 1, 1000, 200))
+DATASETS.register("chars16", _chars_spec(16, 262_144, 128))  # the transformer study's default (CPU)
+DATASETS.register("chars128", _chars_spec(128, 8_388_608, 512))  # its full-scale config (GPU)
 
 
 def load_downloaded(name: str, data_dir, checksums: dict[str, str] | None = None) -> Dataset:
@@ -177,3 +265,8 @@ class BatchSchedule:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).to(self.device)
         return epoch, self._perm[i * self.bs:(i + 1) * self.bs]
+
+    def permutation(self, step: int) -> torch.Tensor:
+        """The whole permutation (on the device) of the epoch that ``step`` falls in."""
+        self(step)
+        return self._perm

@@ -1,6 +1,6 @@
 """The normalization layers torch does not ship, written from their papers.
 
-All three keep state in buffers (never Python attributes) so that a vectorized
+The batch-statistics ones keep state in buffers (never Python attributes) so that a vectorized
 pack (torch.func) can batch them, probes can evaluate them on copies, and a
 checkpoint restores them.
 """
@@ -40,16 +40,50 @@ def worker_stat(v: torch.Tensor, xw: torch.Tensor) -> torch.Tensor:
     return v.view(v.shape[0], 1, v.shape[1], *([1] * (xw.dim() - 3)))
 
 
-class WorkerBatchNorm:
+class PerWorker:
+    """Mixin: a batch-statistics layer that normalizes each data-parallel worker's slice of the
+    batch with that slice's own statistics when ``workers`` > 1 (``set_workers`` sets it)."""
+
+    workers = 1
+
+
+class WorkerBatchNorm(PerWorker):
     """Mixin for torch's BatchNorm: statistics per data-parallel worker when ``workers`` > 1;
     with one worker it is torch's own forward, untouched."""
 
     workers = 1
 
     def forward(self, x):
-        W = self.workers
-        if W == 1 or not self.training:
+        if self.workers == 1 or not self.training:
             return super().forward(x)
+        # The one-pass form rounds differently from the CPU kernel below (measured: outputs,
+        # running statistics and gradients differ in the last bits), and CPU results must not
+        # change: the CPU keeps the transposed batch_norm call, other devices take one pass.
+        return self.forward_transposed(x) if x.device.type == "cpu" else self.forward_one_pass(x)
+
+    def forward_one_pass(self, x):
+        """Statistics once per (worker, channel) from a view of the batch, normalized with them,
+        the running statistics moved by the same numbers: no transposed copies, γ/β broadcast.
+        Statistics in float32 whatever autocast made of x (bf16 sums drift)."""
+        W, c = self.workers, x.shape[1]
+        xw = by_worker(x, W)  # a view: (W, N, C, *S)
+        xf = xw.float() if xw.dtype in (torch.float16, torch.bfloat16) else xw
+        var, mean = torch.var_mean(xf, [1] + list(range(3, xw.dim())), correction=0, keepdim=True)
+        y = (xf - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            shape = (c,) + (1,) * (x.dim() - 2)  # broadcasts over (W, N, C, *S) from the right
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                k = xw.numel() // (W * c)  # values per (worker, channel); torch's running var is unbiased
+                m = self.momentum
+                self.running_mean.mul_(1 - m).add_(mean.view(W, c).mean(0), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.view(W, c).mean(0) * (k / max(k - 1, 1)), alpha=m)
+                self.num_batches_tracked.add_(1)
+        return y.to(x.dtype).reshape(x.shape)
+
+    def forward_transposed(self, x):
+        W = self.workers
         n, c = x.shape[0] // W, x.shape[1]
         # (W·N, C, *S) -> (N, W·C, *S): one batch_norm call normalizes every (worker, channel)
         xs = by_worker(x, W).transpose(0, 1).reshape(n, W * c, *x.shape[2:])
@@ -76,7 +110,17 @@ class BatchNorm2d(WorkerBatchNorm, nn.BatchNorm2d):
     pass
 
 
-class RunningNorm(nn.Module):
+def affine_parameters(module: nn.Module, num_features: int, affine: bool) -> None:
+    """γ = 1 and β = 0 per feature (``weight``, ``bias``), or both None without affine."""
+    if affine:
+        module.weight = nn.Parameter(torch.ones(num_features))
+        module.bias = nn.Parameter(torch.zeros(num_features))
+    else:
+        module.register_parameter("weight", None)
+        module.register_parameter("bias", None)
+
+
+class RunningNorm(PerWorker, nn.Module):
     """Shared state of the batch-statistics layers below: affine + running statistics
     (and the data-parallel workers whose slices are normalized separately)."""
 
@@ -85,12 +129,7 @@ class RunningNorm(nn.Module):
     def __init__(self, num_features: int, eps: float, momentum: float, affine: bool):
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features))
-            self.bias = nn.Parameter(torch.zeros(num_features))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        affine_parameters(self, num_features, affine)
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_scale", torch.ones(num_features))
 
@@ -237,6 +276,27 @@ class BatchNoise(nn.Module):
         return s.view(shape) * x + m.view(shape)
 
 
+class DynamicTanh(nn.Module):
+    """Dynamic Tanh (Zhu, Chen, He, LeCun, Liu 2025, "Transformers without Normalization",
+    arXiv 2503.10622): y = γ·tanh(αx) + β, α one learnable scalar (α₀ = 0.5, the paper's
+    default for non-LLM models), γ/β per channel: the last dim after a linear layer
+    (``dim=1``, as LN's), the channel dim (1) after a conv (``dim=2``)."""
+
+    def __init__(self, num_features: int, dim: int = 1, alpha: float = 0.5, affine: bool = True):
+        super().__init__()
+        self.num_features, self.dim = num_features, dim
+        self.alpha = nn.Parameter(torch.full((), float(alpha)))
+        affine_parameters(self, num_features, affine)
+
+    def forward(self, x):
+        y = torch.tanh(self.alpha * x)
+        if self.weight is None:
+            return y
+        if self.dim == 1:  # channels last: (…, C)
+            return y * self.weight + self.bias
+        return y * per_channel(self.weight, y) + per_channel(self.bias, y)
+
+
 def noise_modules(model: nn.Module) -> list[BatchNoise]:
     return [m for m in model.modules() if isinstance(m, BatchNoise)]
 
@@ -250,7 +310,7 @@ def seed_noise(model: nn.Module, seed: int) -> None:
 def set_workers(model: nn.Module, workers: int) -> None:
     """Normalize each data-parallel worker's slice of the batch with its own statistics."""
     for m in model.modules():
-        if isinstance(m, (WorkerBatchNorm, RunningNorm)):
+        if isinstance(m, PerWorker):
             m.workers = workers
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
@@ -48,6 +49,9 @@ class NormAct:
         choice("activation", self.activation, ACTIVATIONS)
         choice("placement", self.placement, PLACEMENTS)
         choice("init", self.init, INITS)
+        if self.norm_acts and self.placement != "pre":
+            raise ConfigError(f"placement: {self.placement!r} is not possible with norm {self.norm!r}, which "
+                              f"includes its own activation (norm and activation are one layer); use 'pre'")
 
     @classmethod
     def of(cls, cfg: RunConfig) -> "NormAct":
@@ -57,11 +61,19 @@ class NormAct:
     def reparametrizes_weight(self) -> bool:
         return NORMS.get(self.norm).reparametrizes_weight
 
+    @property
+    def norm_acts(self) -> bool:
+        """The norm is the block's activation too (FRN+TLU, EvoNorm, unless built with apply_act=False)."""
+        return NORMS.get(self.norm).acts and norm_options(self.norm, self.norm_options)["apply_act"]
+
     def act(self) -> nn.Module:
         return ACTIVATIONS[self.activation]()
 
-    def norm_layer(self, channels: int, dim: int) -> nn.Module:
-        return create_norm(self.norm, channels, dim, **self.norm_options)
+    def norm_layer(self, channels: int, dim: int, act: bool = True) -> nn.Module:
+        """The norm; ``act=False``: the one before a residual add, which must not include an
+        activation (for norms that include one: their act-less variant)."""
+        options = self.norm_options if act or not self.norm_acts else {**self.norm_options, "apply_act": False}
+        return create_norm(self.norm, channels, dim, **options)
 
     def init_layer(self, layer: nn.Module) -> nn.Module:
         """Initialise a conv/linear layer (before any weight reparametrization):
@@ -86,15 +98,16 @@ class NormAct:
         return layer
 
     def block(self, layer: nn.Module, channels: int, dim: int) -> Block:
-        """layer → norm → act (pre) or layer → act → norm (post)."""
+        """layer → norm → act (pre) or layer → act → norm (post); layer → norm-act for a norm
+        that includes its activation."""
         norm, act = self.norm_layer(channels, dim), self.act()
-        parts = (norm, act) if self.placement == "pre" else (act, norm)
+        parts = (norm,) if self.norm_acts else (norm, act) if self.placement == "pre" else (act, norm)
         return Block(self.weight(layer), *parts)
 
     def residual_tail(self, channels: int, dim: int) -> tuple[nn.Module, nn.Module]:
         """(before the residual add, after it) for the last layer of a block."""
         if self.placement == "pre":
-            return self.norm_layer(channels, dim), self.act()
+            return self.norm_layer(channels, dim, act=False), self.act()
         return nn.Identity(), nn.Sequential(self.act(), self.norm_layer(channels, dim))
 
 
@@ -121,7 +134,22 @@ VGG_PRESETS = {
 }
 
 
-def vgg(in_shape, out_dim, na: NormAct, layers="digits", width_mult: float = 1.0, bias: bool = True):
+def conv2d(weight_std: bool) -> type[nn.Conv2d]:
+    """torch's Conv2d, or with ``weight_std`` timm's StdConv2d (Weight Standardization, Qiao et
+    al. 2019: each filter's weights standardized in the forward pass), a Conv2d subclass taking
+    the same arguments -- so WS + GN is a model option plus a norm."""
+    if not isinstance(weight_std, bool):
+        raise ConfigError(f"model.weight_std: {weight_std!r} is not true or false")
+    if not weight_std:
+        return nn.Conv2d
+    from .timm_norms import StdConv2d  # lazy: importing timm costs seconds
+
+    return StdConv2d
+
+
+def vgg(in_shape, out_dim, na: NormAct, layers="digits", width_mult: float = 1.0, bias: bool = True,
+        weight_std: bool = False):
+    conv = conv2d(weight_std)
     if isinstance(layers, str):
         choice("model.layers", layers, VGG_PRESETS)
         layers = VGG_PRESETS[layers]
@@ -134,7 +162,7 @@ def vgg(in_shape, out_dim, na: NormAct, layers="digits", width_mult: float = 1.0
                 size //= 2
             continue
         out = max(1, int(round(int(item) * width_mult)))
-        body.append(na.block(nn.Conv2d(chans, out, 3, padding=1, bias=bias), out, dim=2))
+        body.append(na.block(conv(chans, out, 3, padding=1, bias=bias), out, dim=2))
         chans = out
     head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), na.weight(nn.Linear(chans, out_dim))]
     return nn.Sequential(*body, *head)
@@ -143,29 +171,31 @@ def vgg(in_shape, out_dim, na: NormAct, layers="digits", width_mult: float = 1.0
 class BasicBlock(nn.Module):
     """CIFAR ResNet block (He et al. 2016), option-B 1×1 projection shortcut."""
 
-    def __init__(self, cin: int, cout: int, stride: int, na: NormAct):
+    def __init__(self, cin: int, cout: int, stride: int, na: NormAct, conv: type[nn.Conv2d] = nn.Conv2d):
         super().__init__()
-        self.conv1 = na.block(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), cout, 2)
-        self.conv2 = na.weight(nn.Conv2d(cout, cout, 3, 1, 1, bias=False))
+        self.conv1 = na.block(conv(cin, cout, 3, stride, 1, bias=False), cout, 2)
+        self.conv2 = na.weight(conv(cout, cout, 3, 1, 1, bias=False))
         self.before_add, self.after_add = na.residual_tail(cout, 2)
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
-            proj = na.weight(nn.Conv2d(cin, cout, 1, stride, bias=False))
-            self.shortcut = nn.Sequential(proj, na.norm_layer(cout, 2) if na.placement == "pre" else nn.Identity())
+            proj = na.weight(conv(cin, cout, 1, stride, bias=False))
+            self.shortcut = nn.Sequential(proj, na.norm_layer(cout, 2, act=False) if na.placement == "pre"
+                                          else nn.Identity())
 
     def forward(self, x):
         return self.after_add(self.before_add(self.conv2(self.conv1(x))) + self.shortcut(x))
 
 
-def resnet_cifar(in_shape, out_dim, na: NormAct, depth: int = 20, width: int = 16):
+def resnet_cifar(in_shape, out_dim, na: NormAct, depth: int = 20, width: int = 16, weight_std: bool = False):
     if (depth - 2) % 6:
         raise ConfigError(f"model.depth: resnet_cifar needs depth = 6n+2 (20, 56, 110), got {depth}")
     n = (depth - 2) // 6
-    layers: list[nn.Module] = [na.block(nn.Conv2d(in_shape[0], width, 3, 1, 1, bias=False), width, 2)]
+    conv = conv2d(weight_std)
+    layers: list[nn.Module] = [na.block(conv(in_shape[0], width, 3, 1, 1, bias=False), width, 2)]
     cin = width
     for stage, cout in enumerate((width, 2 * width, 4 * width)):
         for i in range(n):
-            layers.append(BasicBlock(cin, cout, 2 if (stage > 0 and i == 0) else 1, na))
+            layers.append(BasicBlock(cin, cout, 2 if (stage > 0 and i == 0) else 1, na, conv))
             cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), na.weight(nn.Linear(cin, out_dim))]
     return nn.Sequential(*layers)
@@ -173,10 +203,11 @@ def resnet_cifar(in_shape, out_dim, na: NormAct, depth: int = 20, width: int = 1
 
 def _torchvision_resnet(arch: str):
     def build(in_shape, out_dim, na: NormAct):
-        if na.placement != "pre" or na.activation != "relu" or na.reparametrizes_weight:
+        if na.placement != "pre" or na.activation != "relu" or na.reparametrizes_weight or na.norm_acts:
             raise ConfigError(
                 f"model {arch!r} (torchvision) supports placement 'pre', activation 'relu' and layer "
-                f"norms only; got placement={na.placement!r}, activation={na.activation!r}, norm={na.norm!r}")
+                f"norms without their own activation only; got placement={na.placement!r}, "
+                f"activation={na.activation!r}, norm={na.norm!r}")
         import torchvision  # lazy: only runs that use a torchvision model pay for the import
 
         net = getattr(torchvision.models, arch)(weights=None, num_classes=out_dim,
@@ -206,6 +237,82 @@ def linear(in_shape, out_dim, na: NormAct, bias: bool = True):
     return nn.Sequential(nn.Flatten(), na.weight(nn.Linear(math.prod(in_shape), out_dim, bias=bias)))
 
 
+class TokenNorm(nn.Module):
+    """A registry norm built for (N, C) inputs (``dim=1``) applied over the last dimension of
+    (..., C): every token normalized as one row, so any norm that takes (N, C) fills a
+    transformer's norm slot (LN, RMSNorm, DyT, none, a user's -- even BN, over the tokens)."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x):
+        return self.norm(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention in which position t attends to positions ≤ t only."""
+
+    def __init__(self, width: int, heads: int, na: NormAct):
+        super().__init__()
+        if width % heads:
+            raise ConfigError(f"model.heads: {heads} heads do not divide width {width}")
+        self.heads = heads
+        self.qkv = na.weight(nn.Linear(width, 3 * width))
+        self.out = na.weight(nn.Linear(width, width))
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        # softmax(q kᵀ/√d_head) v with the future masked out (torch's fused kernel: fewer ops, same math)
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(att.transpose(1, 2).reshape(B, T, C))
+
+
+class TransformerBlock(nn.Module):
+    """Attention and a feed-forward sublayer, each a residual branch.  Placement ``pre``
+    (Pre-LN, GPT-2/Llama): x + f(norm(x)); ``post`` (Post-LN, Vaswani et al.): norm(x + f(x))."""
+
+    def __init__(self, width: int, heads: int, ffn: int, na: NormAct):
+        super().__init__()
+        self.attn = CausalSelfAttention(width, heads, na)
+        self.ffn = nn.Sequential(na.weight(nn.Linear(width, ffn)), na.act(), na.weight(nn.Linear(ffn, width)))
+        self.norm1, self.norm2 = TokenNorm(na.norm_layer(width, 1)), TokenNorm(na.norm_layer(width, 1))
+        self.pre = na.placement == "pre"
+
+    def forward(self, x):
+        if self.pre:
+            x = x + self.attn(self.norm1(x))
+            return x + self.ffn(self.norm2(x))
+        x = self.norm1(x + self.attn(x))
+        return self.norm2(x + self.ffn(x))
+
+
+class Transformer(nn.Module):
+    """A decoder-only (GPT-style) character model: token + learned position embeddings,
+    ``depth`` blocks, a linear head to next-token logits (B, T, vocabulary).  Inputs are token
+    ids of shape (B, T) with T ≤ the dataset's context; ``out_dim`` is the vocabulary.  Pre-LN
+    has a final norm before the head; Post-LN has none (its last block ends in one)."""
+
+    def __init__(self, in_shape, out_dim, na: NormAct, depth: int = 6, width: int = 64, heads: int = 4,
+                 ffn_mult: int = 4):
+        super().__init__()
+        if len(in_shape) != 1:
+            raise ConfigError(f"model 'transformer' needs token sequences (shape (T,)); the dataset gives shape "
+                              f"{tuple(in_shape)}")
+        self.embed = nn.Embedding(out_dim, width)
+        self.pos = nn.Parameter(torch.zeros(in_shape[0], width))
+        nn.init.normal_(self.pos, std=0.02)
+        self.blocks = nn.Sequential(*(TransformerBlock(width, heads, ffn_mult * width, na) for _ in range(depth)))
+        self.final_norm = TokenNorm(na.norm_layer(width, 1)) if na.placement == "pre" else nn.Identity()
+        self.head = na.weight(nn.Linear(width, out_dim))
+
+    def forward(self, x):
+        tokens = x.long()  # ids; the config check's shape-only forward passes a float placeholder
+        h = self.embed(tokens) + self.pos[:tokens.shape[-1]]
+        return self.head(self.final_norm(self.blocks(h)))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     build: Callable[..., nn.Module]
@@ -222,11 +329,13 @@ MODELS: Registry[ModelSpec] = Registry("model type", _user_model, key="model")
 for _name, _spec in {
     "linear": ModelSpec(linear, {"bias": True}),
     "mlp": ModelSpec(mlp, {"depth": 3, "width": 128, "bias": True}),
-    "vgg": ModelSpec(vgg, {"layers": "digits", "width_mult": 1.0, "bias": True}, needs_images=True),
-    "resnet_cifar": ModelSpec(resnet_cifar, {"depth": 20, "width": 16}, needs_images=True),
+    "vgg": ModelSpec(vgg, {"layers": "digits", "width_mult": 1.0, "bias": True, "weight_std": False},
+                     needs_images=True),
+    "resnet_cifar": ModelSpec(resnet_cifar, {"depth": 20, "width": 16, "weight_std": False}, needs_images=True),
     "resnet18": ModelSpec(_torchvision_resnet("resnet18"), {}, needs_images=True),
     "resnet50": ModelSpec(_torchvision_resnet("resnet50"), {}, needs_images=True),
     "dln": ModelSpec(dln, {"depth": 25, "width": 10}),
+    "transformer": ModelSpec(Transformer, {"depth": 6, "width": 64, "heads": 4, "ffn_mult": 4}),
 }.items():
     MODELS.register(_name, _spec)
 
@@ -275,4 +384,4 @@ def probe_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def block_outputs(model: nn.Module) -> dict[str, nn.Module]:
     """The normalized-and-activated blocks (``NormAct.block``), in forward order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, (Block, BasicBlock))}
+    return {name: m for name, m in model.named_modules() if isinstance(m, (Block, BasicBlock, TransformerBlock))}

@@ -38,8 +38,10 @@ def run_pack(jobs: list[dict], marker: str | Path | None = None, say: Callable[[
 
 
 def pipeline_stats(results: str | Path, wall: float, cores: int, since: float = 0.0) -> dict | None:
-    """Useful-compute fraction of a pipeline run: Σ run wall time (training, eval,
-    probes) of the packs finished after ``since`` ÷ (cores × wall)."""
+    """Useful-compute fraction of a pipeline run: the CPU time its runs' processes spent
+    training (``compute_time_s``: eval and probes included, a pack's shared among its runs)
+    of the runs finished after ``since`` ÷ (cores × wall).  CPU time, not wall time: a job
+    waiting for a core or for I/O is not working, so the fraction cannot exceed 1."""
     import pyarrow.parquet as pq
 
     useful, runs = 0.0, 0
@@ -50,9 +52,11 @@ def pipeline_stats(results: str | Path, wall: float, cores: int, since: float = 
             f = Path(run)
             if not f.is_absolute() and not f.exists():
                 f = Path(results).parent / f
-            if f.exists():
-                useful += float(pq.read_table(f, columns=["wall_time_s"]).column(0)[0].as_py())
-                runs += 1
+            if f.exists() and f.stat().st_mtime >= since:  # trained in this pipeline run, not an earlier one
+                table = pq.read_table(f, partitioning=None)
+                if "compute_time_s" in table.column_names:
+                    useful += float(table.column("compute_time_s")[0].as_py())
+                    runs += 1
     if not runs:
         return None
     return {"runs": runs, "wall_s": wall, "cores": cores, "useful_s": useful, "fraction": useful / (cores * wall)}

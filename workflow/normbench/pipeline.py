@@ -88,16 +88,21 @@ class Pipeline:
     data_dir: str = "resources"
     download: bool = True
     results: str = "results"
+    seed_offset: int = 0  # added to every grid's seeds (a fresh seed list for the same study)
+    gpu_jobs: int = 1  # training jobs sharing one GPU
     _packs: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_config(cls, config: dict, results: str = "results", check_files: bool = True) -> "Pipeline":
-        """``config`` as ``config.load`` returns it (schema-checked, defaults filled in)."""
+        """``config`` as ``config.load`` returns it (schema-checked, defaults filled in); its
+        ``results`` key (``normbench evaluate``'s own folder) wins over the argument."""
+        results = config.get("results") or results
         norms = {k: Named(v["type"], dict(v.get("options") or {})) for k, v in (config.get("norms") or {}).items()}
         models = {k: Named(v["type"], dict(v.get("options") or {}), v.get("init"))
                   for k, v in (config.get("models") or {}).items()}
         self = cls({}, norms, models, config.get("device", "auto"), config.get("data_dir", "resources"),
-                   config.get("download", True), results)
+                   config.get("download", True), results, int(config.get("seed_offset", 0)))
+        self.gpu_jobs = int(config.get("gpu_jobs", 1))
         self._check_entries()
         for name, st in config["studies"].items():
             with at_key(f"studies.{name}"):
@@ -132,6 +137,7 @@ class Pipeline:
             for lr in _lrs(grid["lr"], row["batch_size"]):
                 rows.append({**row, "lr": lr})
         df = pd.DataFrame(rows, columns=GRID_COLUMNS)
+        df["seed"] += self.seed_offset
         if df.duplicated().any():
             raise ConfigError(f"studies.{study}.grid: repeated values give duplicate runs")
         return df
@@ -186,7 +192,7 @@ class Pipeline:
             **{k: _plain(row[k]) for k in GRID_COLUMNS}, "study": study,
             "norm_type": norm.type, "norm_options": norm.options,
             "model_type": model.type, "model_options": model.options,
-            "device": self.device, "data_dir": self.data_dir, "threads": st.threads,
+            "device": self.device, "data_dir": self.data_dir, "threads": st.threads, "gpu_jobs": self.gpu_jobs,
             "runner": STUDIES.get(study).runner,
         })
 
@@ -226,6 +232,23 @@ class Pipeline:
         return [{"config": self.run_config(study, st.runs.iloc[i].to_dict()).to_dict(),
                  "files": {k: str(v) for k, v in run_files(self.results, study, st.paths[i]).items()}}
                 for i in self.packs(study)[pack]]
+
+    def pack_priority(self, study: str, pack: str) -> int:
+        """A rough size of the pack's work, so that Snakemake starts the longest jobs first and no long
+        job is left to run alone at the end: steps × runs for solo runs (× 3 when probed), steps ×
+        √members for a vectorized group."""
+        from .runners.sgd import plan
+        from .train import total_steps
+
+        cfgs = [self.run_config(study, self.studies[study].runs.iloc[i].to_dict()) for i in self.packs(study)[pack]]
+        if cfgs[0].runner != "sgd":  # closed-form runs: milliseconds
+            return 0
+        cost = 0.0
+        for group in plan(cfgs):
+            c = cfgs[group[0]]
+            steps = total_steps(c, DATASETS.get(c.dataset).n_train)
+            cost += steps * (len(group) ** 0.5 if len(group) > 1 else 3 if c.probes else 1)
+        return int(cost // 1000)
 
     def gpu(self) -> int:
         if self.device.startswith("cuda"):

@@ -181,6 +181,26 @@ def probe_over_training(metrics: pd.DataFrame, metric: str, ylabel: str, log: bo
     return fig
 
 
+def probe_vs_loss(values: pd.DataFrame, metrics: list[tuple[str, str]], hue: str = "label") -> plt.Figure:
+    """Probe values against the loss where each was taken (log-log): every probe a dot, per ``hue``
+    the median in each loss bin as a line -- nets compared at equal loss, not at equal step.
+    ``values``: one row per probe with ``metric``, ``value``, ``loss`` and ``bin`` (its loss bin)."""
+    fig, axes = fig_grid(len(metrics), w=3.0, h=2.6)
+    colors = palette(sorted(values[hue].unique(), key=str))
+    for ax, (metric, label) in zip(axes[0], metrics):
+        v = values[(values.metric == metric) & (values.value > 0)]
+        for h, g in v.groupby(hue):
+            ax.scatter(g.loss, g.value, color=colors[h], s=5, alpha=0.4, lw=0, label="_probe")
+            med = g.groupby("bin").agg(loss=("loss", "median"), value=("value", "median")).sort_values("loss")
+            ax.plot(med.loss, med.value, color=colors[h], lw=1.4, marker="o", ms=3, label=str(h))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training loss at the probe, L(W_t; B_t)")
+        ax.set_ylabel(label)
+    legend_outside(fig, axes, hue)
+    return fig
+
+
 def band_over_training(metrics: pd.DataFrame, lo: str, hi: str, ylabel: str, hue: str = "norm",
                        log: bool = True) -> plt.Figure:
     """The [min, max] range of a line-search probe vs step: per ``hue`` a band between the
@@ -282,3 +302,44 @@ def save(fig: plt.Figure, path) -> None:
 
 def close(fig: plt.Figure) -> None:
     plt.close(fig)
+
+
+def stability_map(cells: pd.DataFrame, value_label: str, vmin: float, vmax: float) -> plt.Figure:
+    """Per ``panel``: a value over ``row`` × ``col`` cells (e.g. norm × lr/warm-up), each cell
+    annotated with its mean and the count of failed seeds ('2/3 failed')."""
+    panels = list(dict.fromkeys(cells.panel))
+    fig, axes = fig_grid(len(panels), w=3.4, h=2.6)
+    for k, (ax, panel) in enumerate(zip(axes[0], panels)):
+        g = cells[cells.panel == panel]
+        val = g.pivot(index="row", columns="col", values="mean")
+        fails = g.pivot(index="row", columns="col", values="failed")
+        ns = g.pivot(index="row", columns="col", values="n")
+        labels = val.copy().astype(object)
+        for i in range(val.shape[0]):
+            for j in range(val.shape[1]):
+                v, f, n = val.iat[i, j], fails.iat[i, j], ns.iat[i, j]
+                labels.iat[i, j] = ("" if pd.isna(v) else f"{v:.2f}") + (f"\n{int(f)}/{int(n)} failed" if f else "")
+        last = k == len(panels) - 1
+        sns.heatmap(val, annot=labels, fmt="", vmin=vmin, vmax=vmax, cmap="viridis_r", ax=ax, cbar=last,
+                    cbar_kws={"label": value_label} if last else None, annot_kws={"fontsize": 6})
+        ax.set_title(str(panel), fontsize=8)
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+def by_layer(data: pd.DataFrame, y: str, ylabel: str, hue: str, col: str, log: bool = False) -> plt.Figure:
+    """A per-layer value against the layer index (mean, t band, seeds), a panel per ``col``."""
+    cols = sorted(data[col].unique())
+    fig, axes = fig_grid(max(1, len(cols)), w=3.0, h=2.5, sharey=True)
+    colors = palette(sorted(data[hue].unique(), key=str))
+    for ax, c in zip(axes[0], cols):
+        lineci(data[data[col] == c], "layer_index", y, hue, ax, colors, marker="o")
+        ax.set_title(f"{col} {c}", fontsize=8)
+        ax.set_xlabel("layer index (1 = nearest the input)")
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+    legend_outside(fig, axes, hue)
+    return fig

@@ -9,6 +9,8 @@ Definitions, on a fixed batch B_t with g = ∇L(W_t; B_t):
   B_t, W^{t+1} the parameters after the *actual* optimizer update; ‖G − G'‖₂ and
   cos(G, G').
 * rel_loss:    L(W − α g; B) / L(W; B) for α on a log grid.
+* grad_norm:   ‖∂L/∂W‖₂ of each conv/linear layer's weight for g itself (Xiong et al.
+  2020, Fig. 3: by layer index, at initialization and early in training).
 
 The pure functions take ``loss_fn(params) -> scalar`` over a dict of named
 tensors, so they apply equally to a network (via ``FunctionalLoss``) and to an
@@ -88,6 +90,16 @@ def line_search(loss_fn: LossFn, params: Params, etas: Sequence[float],
         losses.append(float(loss))
         diffs.append(float(_norm(_sub(g_eta, g))))
     return LineSearch(list(map(float, etas)), losses, diffs, float(_norm(g)))
+
+
+def grad_norms(model: nn.Module, g: Params) -> dict[str, float]:
+    """‖g‖₂ of each conv/linear layer's weight (biases aside), by layer name in forward order."""
+    out = {}
+    for lname, mod in probe_layers(model).items():
+        names = [f"{lname}.{n}" for n, _ in mod.named_parameters() if not n.endswith("bias")]
+        if names:
+            out[lname] = float(_norm({n: g[n] for n in names}))
+    return out
 
 
 def relative_loss(loss_fn: LossFn, params: Params, alphas: Iterable[float],

@@ -23,7 +23,7 @@ class Probing:
         self.param_order = list(probes.model_params(self.model))
 
     def periodic(self, step: int) -> bool:
-        return bool(self.cfg.probe_every) and step % self.cfg.probe_every == 0
+        return (bool(self.cfg.probe_every) and step % self.cfg.probe_every == 0) or step in self.cfg.probe_at
 
     def early(self, step: int) -> bool:
         return "rel_loss" in self.cfg.probes and step < self.cfg.rel_loss_steps
@@ -45,6 +45,10 @@ class Probing:
         with torch.enable_grad():
             if g is None:
                 _, g = probes.grad(loss_fn, before)
+            if periodic and ("landscape" in probed or "ics" in probed):
+                # L(W_t; B_t): where the net stands when probed, to compare nets at equal loss
+                with torch.no_grad():
+                    self._row("probe_loss", loss_fn(before))
             if periodic and "landscape" in probed:
                 ls = probes.line_search(loss_fn, before, [e * cfg.lr for e in cfg.landscape_etas], g)
                 for name, v in (("landscape_min", min(ls.losses)), ("landscape_max", max(ls.losses)),
@@ -57,6 +61,9 @@ class Probing:
                 for i, (l2, cos) in res.items():
                     self._row("ics_l2", l2, layer=self.layer_names[i])
                     self._row("ics_cos", cos, layer=self.layer_names[i])
+        if periodic and "grad_norm" in probed:
+            for layer, v in probes.grad_norms(self.model, g).items():
+                self._row("grad_norm", v, layer=layer)
         if self.early(step):
             for a, v in zip(cfg.rel_loss_alphas, probes.relative_loss(loss_fn, before, cfg.rel_loss_alphas, g)):
                 self._row("rel_loss", v, step_size=a)

@@ -58,6 +58,17 @@ class Recorder:
     elapsed: float = 0.0  # wall time of earlier attempts (resume)
     probe_time: float = 0.0
     t0: float = field(default_factory=time.perf_counter)
+    compute_elapsed: float = 0.0  # CPU time of earlier attempts (resume)
+    c0: float = field(default_factory=time.process_time)
+
+    def start(self, t0: float, c0: float) -> None:
+        """The run's clocks start (wall and this process's CPU time)."""
+        self.t0, self.c0 = t0, c0
+
+    def share(self, members: int) -> None:
+        """A pack's member: its share of the time the pack took (the runs trained together)."""
+        self.elapsed, self.compute_elapsed = self.wall() / members, self.compute() / members
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
 
     def row(self, step, split, metric, value, layer=None, step_size=None):
         self.rows.append({
@@ -69,6 +80,11 @@ class Recorder:
 
     def wall(self) -> float:
         return self.elapsed + time.perf_counter() - self.t0
+
+    def compute(self) -> float:
+        """CPU seconds this process spent (all its threads) since the run started: work, not waiting,
+        so the pipeline's useful-compute fraction cannot exceed 1."""
+        return self.compute_elapsed + time.process_time() - self.c0
 
     def eval_point(self, step, seen: int, train_loss_sum: float, train_correct: float,
                    test_loss: float, test_acc: float | None) -> None:
@@ -105,6 +121,8 @@ class Recorder:
             "steps_to_target": self.steps_to_target,
             "examples_to_target": None if self.steps_to_target is None else self.steps_to_target * examples,
             "wall_time_s": wall, "train_time_s": wall - self.probe_time, "probe_time_s": self.probe_time,
+            "probe_every": cfg.probe_every,
+            "compute_time_s": self.compute(),
             "num_params": num_params, "device": str(device), "torch_version": torch.__version__,
             "normbench_version": __version__, "git_rev": git_revision(),
         }
@@ -112,11 +130,12 @@ class Recorder:
 
     def state(self) -> dict:
         return {"rows": self.rows, "best_acc": self.best_acc, "steps_to_target": self.steps_to_target,
-                "elapsed": self.wall(), "probe_time": self.probe_time}
+                "elapsed": self.wall(), "probe_time": self.probe_time, "compute": self.compute()}
 
     def load_state(self, s: dict) -> None:
         self.rows, self.best_acc, self.steps_to_target = s["rows"], s["best_acc"], s["steps_to_target"]
         self.elapsed, self.probe_time, self.t0 = s["elapsed"], s["probe_time"], time.perf_counter()
+        self.compute_elapsed, self.c0 = s.get("compute", 0.0), time.process_time()  # older checkpoints: none
 
 
 def _last(metrics: pd.DataFrame, split: str, metric: str) -> float:

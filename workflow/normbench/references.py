@@ -77,3 +77,42 @@ DEPTH_STD = Reference("He et al. 2015; Ioffe & Szegedy 2015",
 
 LECUN_SCALING = Reference("LeCun et al. 1998, Efficient BackProp, §4.3",
                           "inputs shifted to zero mean and scaled to unit variance speed up gradient descent", {})
+
+# The batch-independent normalizers' claims (their abstracts' statements; no table numbers are copied).
+FRN = Reference(
+    "Singh & Krishnan 2020, Filter Response Normalization (arXiv 1911.09737), abstract and Fig. 1",
+    "ResNetV2-50 and InceptionV3 on ImageNet, 8 workers: FRN+TLU has no batch dependence; ≈0.7–1.0% better "
+    "top-1 than BN at large batches, >1% better than GN at small ones",
+    {"vs_bn_large_batch": (0.7, 1.0), "vs_gn_small_batch": 1.0})
+EVONORM = Reference(
+    "Liu, Brock, Simonyan & Le 2020, Evolving Normalization-Activation Layers (arXiv 2004.02967), abstract",
+    "EvoNorm-S0 normalizes with per-sample group statistics (no batch dependence) and is reported to hold "
+    "its accuracy at small batches where BN degrades", {})
+WS_GN = Reference(
+    "Qiao, Wang, Liu, Shen & Yuille 2019, Weight Standardization (arXiv 1903.10520), abstract",
+    "GN with Weight Standardization, trained with 1 image per GPU, matches or outperforms BN trained with "
+    "large batches (ResNet-50, ImageNet)", {})
+
+XIONG = Reference(
+    "Xiong et al. 2020, On Layer Normalization in the Transformer Architecture (arXiv 2002.04745), Fig. 2-3",
+    "IWSLT14 De-En, 6+6-layer Transformer, d 512, Adam (0.9, 0.98), lr 5e-4 / 1e-3, warm-up 1, 500 or 4000 steps "
+    "then inverse square root; BLEU",
+    {"bleu": {("post", "no warm-up"): 8.45, ("post", "warm-up"): 34.0, ("post", "warm-up 500, lr 5e-4"): 31.16,
+              ("post", "warm-up 500, lr 1e-3"): 2.77},
+     # Fig. 3, at initialization: the expected gradient norm of the FFN's W2 by layer -- Post-LN's grows
+     # with the layer index (≈1.6 at the last layer, whatever the depth); Pre-LN's is flat across
+     # layers and shrinks as the depth grows (∝ √(ln d / L), their Thm 1)
+     "grad_trend": {"post": "grows with the layer index", "pre": "flat; smaller for deeper models"}},
+    approx=True,
+)
+
+RMSNORM = Reference(
+    "Zhang & Sennrich 2019, Root Mean Square Layer Normalization (arXiv 1910.07467), Tables 1-6",
+    "RMSNorm (no re-centring, RMS re-scaling only) performs comparably to LayerNorm across the paper's "
+    "models at 7-64% less running time", {})
+
+DYT = Reference(
+    "Zhu, Chen, He, LeCun & Liu 2025, Transformers without Normalization (arXiv 2503.10622), Tables 1-7",
+    "DyT(x) = γ·tanh(αx) + β in place of every LN/RMSNorm, α₀ = 0.5 (non-LLM models): matches or beats the "
+    "normalized models, mostly without hyperparameter tuning",
+    {"alpha0": 0.5})

@@ -21,9 +21,10 @@ from .errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "step", "cosine")
-PROBES = ("ics", "landscape", "rel_loss", "act_stats")
+PROBES = ("ics", "landscape", "rel_loss", "act_stats", "grad_norm")
 DTYPES = ("float32", "float64")
 INITS = ("default", "kaiming", "glorot", "normal")
+CUDA_GRAPH = ("auto", "off")
 
 
 def _f(default, group: str, **kw):
@@ -58,6 +59,8 @@ class RunConfig:
     schedule: str = _f("constant", "train")
     schedule_milestones: list = _f([1 / 3, 2 / 3], "train")  # step schedule: × gamma at these fractions of the run
     schedule_gamma: float = _f(0.1, "train")
+    warmup_steps: int = _f(0, "train")  # linear lr warm-up over the first steps, then the schedule
+    adam_betas: list = _f([0.9, 0.999], "train")  # Adam's (β1, β2); torch's default
     steps: int = _f(200, "train")  # budget in optimizer steps (epochs, if set, overrides)
     epochs: float | None = _f(None, "train")
     workers: int = _f(1, "train")  # data-parallel replicas: the batch is workers × batch_size, norm statistics per replica
@@ -67,6 +70,7 @@ class RunConfig:
     target_acc: float | None = _f(None, "train")
     diverge_loss: float = _f(1.0e4, "train")  # loss above this (or non-finite) ends the run as diverged
     probe_every: int = _f(0, "train")  # 0: no periodic probes
+    probe_at: list = _f([], "train")  # more probe steps beside the periodic ones (finer early in the run)
     probes: list = _f([], "train")
     probe_layers: int = _f(4, "train")  # ICS on this many conv/linear layers, evenly spaced
     landscape_etas: list = _f([0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0], "train")  # × lr
@@ -75,13 +79,15 @@ class RunConfig:
     checkpoint_every: int = _f(0, "train")  # steps; 0: only on SIGTERM and every checkpoint_minutes
     checkpoint_minutes: float = _f(10.0, "train")
     channels_last: bool = _f(False, "train")  # NHWC memory format for conv nets (GPU-minded)
-    bf16: bool = _f(False, "train")  # bfloat16 autocast for the training forward pass
+    bf16: bool = _f(False, "train")  # bfloat16 autocast for the training forward (on CUDA conv nets go channels_last)
     compile: bool = _f(False, "train")  # torch.compile the training forward (static shapes)
+    cuda_graph: str = _f("auto", "train")  # auto: on CUDA, each training step replays one CUDA graph where it can
     # execution: set by the pipeline (or `normbench train --set`)
     runner: str = _f("sgd", "execution")
     device: str = _f("auto", "execution")
     data_dir: str = _f("resources", "execution")
     threads: int = _f(0, "execution")  # 0: torch's default
+    gpu_jobs: int = _f(1, "execution")  # training jobs sharing one GPU (normbench.devices picks the GPU)
 
     @property
     def norm_kind(self) -> str:
@@ -98,7 +104,7 @@ class RunConfig:
         """Summary columns saying what the ids stood for."""
         return {"norm_type": self.norm_kind, "norm_options": json.dumps(self.norm_options, sort_keys=True),
                 "model_type": self.model_kind, "model_options": json.dumps(self.model_options, sort_keys=True),
-                "init": self.init, "optimizer": self.optimizer}
+                "init": self.init, "optimizer": self.optimizer, "warmup_steps": self.warmup_steps}
 
     def structure(self) -> str:
         """What runs must share to train as one vectorized pack: everything but lr and seed."""
@@ -113,12 +119,18 @@ class RunConfig:
         choice("schedule", self.schedule, SCHEDULES)
         choice("dtype", self.dtype, DTYPES)
         choice("init", self.init, INITS)
+        choice("cuda_graph", self.cuda_graph, CUDA_GRAPH)
         for p in self.probes:
             choice("probes", p, PROBES)
-        for key in ("lr", "batch_size", "steps", "eval_every", "workers", "init_std"):
+        for key in ("lr", "batch_size", "steps", "eval_every", "workers", "init_std", "gpu_jobs"):
             positive(key, getattr(self, key))
         if self.epochs is not None:
             positive("epochs", self.epochs)
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps: {self.warmup_steps!r} must be a whole number ≥ 0", key="warmup_steps")
+        if len(self.adam_betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.adam_betas):
+            raise ConfigError(f"adam_betas: {self.adam_betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.98]",
+                              key="adam_betas")
         if self.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", str(self.device)):
             raise ConfigError(f"device: {self.device!r} is not valid; choose auto, cpu, cuda or cuda:N")
         if self.workers > 1 and self.probes:

@@ -60,6 +60,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("model_options", pa.string()),  # JSON
         ("init", pa.string()),
         ("optimizer", pa.string()),
+        ("warmup_steps", pa.int64()),  # linear lr warm-up (null in files written before it existed)
         ("final_test_acc", pa.float64()),
         ("final_test_loss", pa.float64()),
         ("best_test_acc", pa.float64()),
@@ -78,6 +79,8 @@ SUMMARY_SCHEMA = pa.schema(
         ("wall_time_s", pa.float64()),
         ("train_time_s", pa.float64()),
         ("probe_time_s", pa.float64()),
+        ("probe_every", pa.int64()),  # the regular probe interval (0: none); extra probes (probe_at) lie off it
+        ("compute_time_s", pa.float64()),  # CPU seconds of the run's process while it trained (a pack's shared)
         ("num_params", pa.int64()),
         ("device", pa.string()),
         ("torch_version", pa.string()),

@@ -4,7 +4,8 @@
 Lean: data resident on the device, batches are index slices, no host
 synchronisation per step (divergence is tracked on the device and read at eval
 points), ``zero_grad(set_to_none=True)``, foreach torch.optim optimizers with a
-parameter group per member (each member's own learning rate).  Probes
+parameter group per member (each member's own learning rate); on CUDA each
+step replays one captured CUDA graph where the run allows it (graphstep.py).  Probes
 (``probing.py``) run on a solo run's current batch without changing training.
 Checkpoints hold every member's state; SIGTERM (what SLURM sends before a kill)
 writes one and ends the job, and the next attempt resumes bit for bit.
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 
 from . import probes
 from .data import BatchSchedule, Dataset
+from .graphstep import GraphStep
 from .layers import noise_modules, seed_noise, set_run_length, set_workers
 from .members import Eager, Vectorized
 from .models import build_network, count_params
@@ -47,12 +49,22 @@ class Preempted(RuntimeError):
 
 def make_optimizer(cfg: RunConfig, groups: list[dict]) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
+                                foreach=True)
     momentum = cfg.momentum if cfg.optimizer == "momentum" else 0.0
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def make_schedule(cfg: RunConfig, opt, total: int):
+    """The lr schedule; with ``warmup_steps`` a linear warm-up (step s at (s+1)/W of the lr) first."""
+    main = _main_schedule(cfg, opt, total)
+    if not cfg.warmup_steps:
+        return main
+    warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, w=cfg.warmup_steps: min(1.0, (s + 1) / w))
+    return warm if main is None else torch.optim.lr_scheduler.SequentialLR(opt, [warm, main], [cfg.warmup_steps])
+
+
+def _main_schedule(cfg: RunConfig, opt, total: int):
     if cfg.schedule == "step":  # fractions of the run, so that runs of other lengths decay at the same point
         milestones = sorted({max(1, int(f * total)) for f in cfg.schedule_milestones})
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones, cfg.schedule_gamma)
@@ -62,11 +74,17 @@ def make_schedule(cfg: RunConfig, opt, total: int):
 
 
 def criterion_for(task: str, summed: bool = False):
-    """The training loss: mean over the batch, or its sum (``loss_sum``); evaluation always reports the mean."""
-    base = F.mse_loss if task == "regression" else F.cross_entropy
+    """The training loss: mean over the batch, or its sum (``loss_sum``); evaluation always reports the mean.
+    Classification takes the classes on the last dim, so (…, T, classes) outputs with (…, T) targets
+    (next-token prediction) average over every token."""
+    base = F.mse_loss if task == "regression" else _cross_entropy
     if not summed:
         return base
     return lambda out, y, reduction="sum": base(out, y, reduction=reduction)
+
+
+def _cross_entropy(out, y, reduction="mean"):
+    return F.cross_entropy(out.flatten(0, -2), y.flatten(), reduction=reduction)
 
 
 def total_steps(cfg: RunConfig, n_train: int) -> int:
@@ -98,8 +116,10 @@ class _Sigterm:
 @torch.no_grad()
 def evaluate_model(forward, data: Dataset, criterion, chunk: int = 1024):
     """Per member: (mean test loss, accuracy) of ``forward(x) -> (R, n, outputs)``
-    over the test set.  Regression: mean loss per output, accuracy 0."""
+    over the test set.  Regression: mean loss per output, accuracy 0.  Sequence targets
+    (n, T): loss and accuracy per token."""
     n, regression = len(data.x_test), data.task == "regression"
+    tokens = 1 if regression else data.y_test[0].numel()
     loss_sum = correct = 0
     for i in range(0, n, chunk):
         x, y = data.x_test[i:i + chunk], data.y_test[i:i + chunk]
@@ -108,8 +128,8 @@ def evaluate_model(forward, data: Dataset, criterion, chunk: int = 1024):
         per = per.reshape(out.shape[0], -1).sum(1)
         loss_sum = loss_sum + (per / out.shape[-1] if regression else per)
         if not regression:
-            correct = correct + (out.argmax(-1) == y).sum(-1)
-    return loss_sum / n, torch.as_tensor(correct, dtype=torch.float64) / n
+            correct = correct + (out.argmax(-1) == y).flatten(1).sum(-1)
+    return loss_sum / (n * tokens), torch.as_tensor(correct, dtype=torch.float64) / (n * tokens)
 
 
 class Trainer:
@@ -129,7 +149,8 @@ class Trainer:
             m = build_network(cfg, data.input_shape, data.num_outputs).to(self.device)
             seed_noise(m, cfg.seed)
             self.models.append(m)
-        if c0.channels_last and len(data.input_shape) == 3:
+        # bf16 convolutions are fast in NHWC only (cuDNN converts NCHW back and forth); CPU runs keep their layout
+        if (c0.channels_last or (c0.bf16 and self.device.type == "cuda")) and len(data.input_shape) == 3:
             self.models[0] = self.models[0].to(memory_format=torch.channels_last)
             cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
             data = Dataset(data.name, cl(data.x_train), data.y_train, cl(data.x_test), data.y_test, data.task,
@@ -149,6 +170,7 @@ class Trainer:
         self.criterion = criterion_for(data.task, c0.loss_sum)  # what training (and the probes) minimize
         self.eval_criterion = criterion_for(data.task)
         self.classification = data.task == "classification"
+        self.tokens = data.y_train[0].numel() if self.classification else 1  # targets per example
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c0.bf16)
         self.batches = [BatchSchedule(len(data.x_train), batch, c.seed, self.device) for c in cfgs]
         chance = 1.0 / data.num_outputs if self.classification else float("nan")
@@ -163,11 +185,16 @@ class Trainer:
         self.probing = Probing(self) if c0.probes else None
         if self.checkpoint and self.checkpoint.exists():
             self._load_checkpoint()
+        self.graph = GraphStep.plan(self)  # None: eager steps (always on the CPU)
 
     def _reset_accumulators(self):
         R = len(self.cfgs)
-        self.loss_sum = torch.zeros(R, device=self.device, dtype=getattr(torch, self.cfg.dtype))
-        self.correct = torch.zeros(R, device=self.device, dtype=torch.long)
+        if getattr(self, "loss_sum", None) is not None:  # in place: a captured step adds into these tensors
+            self.loss_sum.zero_()
+            self.correct.zero_()
+        else:
+            self.loss_sum = torch.zeros(R, device=self.device, dtype=getattr(torch, self.cfg.dtype))
+            self.correct = torch.zeros(R, device=self.device, dtype=torch.long)
         self.seen = 0
 
     def say(self, msg: str):
@@ -178,19 +205,20 @@ class Trainer:
 
     def run(self) -> list[RunResult]:
         cfg = self.cfg
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for rec in self.recs:
-            rec.t0 = t0
+            rec.start(t0, c0)
         last_ckpt = time.monotonic()
         if self.step == 0:
             self.evaluate()
         with _Sigterm() as term:
             while self.step < self.total and any(self.active):
-                x, y = self.batch()
                 if self.probing and self.probing.due(self.step):
-                    self.probing.step(x, y)
+                    self.probing.step(*self.batch())
+                elif self.graph is not None:
+                    self.graph.step()
                 else:
-                    self.train_step(x, y)
+                    self.train_step(*self.batch())
                 self.step += 1
                 if self.step % cfg.eval_every == 0 or self.step == self.total:
                     self.evaluate()
@@ -213,6 +241,15 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor, keep_grad: bool = False):
         """One optimizer step of every member; with ``keep_grad`` (a solo run) return
         g = ∇L(W_t; B_t) by parameter name."""
+        g = self.learn(x, y, self.step, keep_grad)
+        if self.sched is not None:
+            self.sched.step()
+        self.seen += 1
+        return g
+
+    def learn(self, x: torch.Tensor, y: torch.Tensor, step: int | torch.Tensor, keep_grad: bool = False):
+        """Forward, backward, optimizer step, divergence and train metrics: device work only, no
+        host sync, state updated in place -- what a CUDA graph captures (graphstep.py)."""
         with self.autocast:
             out = self.net.train_forward(x)
         out = out.float() if self.cfg.bf16 else out
@@ -232,17 +269,14 @@ class Trainer:
                 for p in self.models[r].parameters():
                     p.grad = None
         self.opt.step()
-        if self.sched is not None:
-            self.sched.step()
         loss = loss.detach()
         bad = ~torch.isfinite(loss) | (loss > self.cfg.diverge_loss)
-        self.first_bad = torch.where(bad & (self.first_bad < 0), self.step, self.first_bad)
+        self.first_bad.copy_(torch.where(bad & (self.first_bad < 0), step, self.first_bad))
         # recorded as the mean per sample (per output in regression), whatever the training loss sums
-        self.loss_sum += loss / (out[0].numel() if self.data.task == "regression" else y.shape[1]) if self.cfg.loss_sum \
+        self.loss_sum += loss / (out[0].numel() if self.data.task == "regression" else y[0].numel()) if self.cfg.loss_sum \
             else loss
         if self.classification:
-            self.correct += (out.detach().argmax(-1) == y).sum(-1)
-        self.seen += 1
+            self.correct += (out.detach().argmax(-1) == y).flatten(1).sum(1)
         return g
 
     # -- evaluation --------------------------------------------------------------
@@ -255,8 +289,8 @@ class Trainer:
         for r, rec in enumerate(self.recs):
             if not self.active[r]:
                 continue
-            rec.eval_point(self.step, self.seen, float(self.loss_sum[r]), float(self.correct[r]), float(loss[r]),
-                           float(acc[r]) if self.classification else None)
+            rec.eval_point(self.step, self.seen, float(self.loss_sum[r]), float(self.correct[r]) / self.tokens,
+                           float(loss[r]), float(acc[r]) if self.classification else None)
             if first_bad[r] >= 0:  # where a solo run stops
                 self.active[r], self.stopped_at[r] = False, self.step
         self._reset_accumulators()
@@ -273,7 +307,7 @@ class Trainer:
         out = []
         for r, rec in enumerate(self.recs):
             if len(self.recs) > 1:  # each member's share of the pack's time
-                rec.elapsed, rec.t0 = rec.wall() / len(self.recs), time.perf_counter()
+                rec.share(len(self.recs))
             steps = self.stopped_at[r] if self.stopped_at[r] is not None else self.step
             out.append(rec.result(steps, first_bad[r], n_params, self.device))
         return out

@@ -10,7 +10,7 @@ rule aggregate:
         summary=f"{RESULTS}/{{study}}/summary.parquet",
         metrics=f"{RESULTS}/{{study}}/metrics.parquet",
     log:
-        "logs/aggregate/{study}.log",
+        f"{LOGS}/aggregate/{{study}}.log",
     localrule: True
     conda:
         ENV
@@ -28,7 +28,7 @@ rule claims:
     output:
         f"{RESULTS}/{{study}}/claims.parquet",
     log:
-        "logs/claims/{study}.log",
+        f"{LOGS}/claims/{{study}}.log",
     localrule: True
     conda:
         ENV

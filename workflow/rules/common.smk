@@ -28,6 +28,9 @@ try:
 except ConfigError as e:
     sys.exit(f"normbench: config error in {CONFIG_SOURCE}: {e}")
 RESULTS = PIPE.results
+EVALUATE = CONFIG.get("evaluate")  # `normbench evaluate`: the targets are its report card
+# logs of a run with its own results folder (evaluate) stay beside its results
+LOGS, BENCHMARKS = ("logs", "benchmarks") if RESULTS == "results" else (f"{RESULTS}/logs", f"{RESULTS}/benchmarks")
 _STARTED = []
 
 
@@ -37,7 +40,10 @@ wildcard_constraints:
 
 
 def all_targets():
-    return [f"{RESULTS}/{s}/summary.parquet" for s in PIPE.studies] + report_targets()
+    summaries = [f"{RESULTS}/{s}/summary.parquet" for s in PIPE.studies]
+    if EVALUATE:  # never the studies' own reports: reports/<study>/ belongs to the default pipeline
+        return summaries + [f"{EVALUATE['reports']}/{f}" for f in ("README.md", "card.csv", "card.html")]
+    return summaries + report_targets()
 
 
 def dataset_markers(wildcards):
@@ -82,12 +88,13 @@ def pipeline_started():
 
 
 def pipeline_finished(wf):
-    """After a local run that trained something: how much of the machine went into training."""
+    """After a local run that trained something: how much of the machine went into training
+    (the runs' CPU time, so waiting never counts as work)."""
     if not (wf.local_exec and not wf.dryrun and _STARTED):  # on a cluster "cores" means nothing here
         return
     stats = pipeline_stats(RESULTS, time.time() - _STARTED[0], wf.cores, since=_STARTED[0])
     if stats:
         print(
-            f"normbench: {stats['runs']} runs trained, {stats['useful_s']:.0f} s of training in "
+            f"normbench: {stats['runs']} runs trained, {stats['useful_s']:.0f} CPU-seconds of training in "
             f"{stats['wall_s']:.0f} s on {stats['cores']} cores: useful-compute fraction {stats['fraction']:.2f}"
         )

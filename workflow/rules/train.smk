@@ -10,9 +10,10 @@ rule train:
     output:
         f"{RESULTS}/{{study}}/packs/{{pack}}/pack.json",
     log:
-        "logs/train/{study}/{pack}.log",
+        f"{LOGS}/train/{{study}}/{{pack}}.log",
     benchmark:
-        "benchmarks/train/{study}/{pack}.tsv"
+        f"{BENCHMARKS}/train/{{study}}/{{pack}}.tsv"
+    priority: lambda w: PIPE.pack_priority(w.study, w.pack)
     retries: 2
     conda:
         ENV
@@ -21,6 +22,7 @@ rule train:
         mem_mb=lambda w, attempt: PIPE.studies[w.study].mem_mb * attempt,
         runtime=lambda w: PIPE.studies[w.study].runtime,
         gpu=PIPE.gpu(),
+        gpu_slots=PIPE.gpu(),  # jobs sharing a GPU: the local run offers GPUs x gpu_jobs slots
     params:
         jobs=lambda w: PIPE.pack_jobs(w.study, w.pack),
         checkpoints=lambda w: PIPE.checkpoint_dir(w.study, w.pack),

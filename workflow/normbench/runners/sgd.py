@@ -13,7 +13,7 @@ import torch
 from ..data import DATASETS, load_dataset
 from ..devices import resolve_device
 from ..errors import ConfigError
-from ..layers import RunningNorm, WorkerBatchNorm
+from ..layers import PerWorker
 from ..models import MODELS, NormAct, build_network, check_forward, model_options
 from ..norms import NORMS
 from ..settings import RunConfig
@@ -66,7 +66,7 @@ class SGD:
                 net = build_network(cfg, spec.input_shape, spec.num_outputs)
                 check_forward(net, spec.input_shape, f"model {cfg.model!r}")
             if cfg.workers > 1 and NORMS.get(cfg.norm_kind).batch_dependent and not any(
-                    isinstance(m, (WorkerBatchNorm, RunningNorm)) for m in net.modules()):
+                    isinstance(m, PerWorker) for m in net.modules()):
                 raise ConfigError(f"workers: {cfg.workers} needs per-worker batch statistics, and norm "
                                   f"{cfg.norm_kind!r} declares batch_dependent without building them "
                                   f"(subclass normbench.layers.RunningNorm)")
@@ -89,7 +89,7 @@ class SGD:
             if checkpoint_dir:
                 key = hashlib.sha1("\n".join(str(j.files["summary"]) for j in gjobs).encode()).hexdigest()[:16]
                 ckpt = Path(checkpoint_dir) / f"{key}.pt"
-            data = get_data(c0, resolve_device(c0.device))
+            data = get_data(c0, resolve_device(c0.device, c0.gpu_jobs))
             results = Trainer(gcfgs, data, ckpt, progress=lambda m, tag=tag: say(f"{tag} {m}")).run()
             for i, cfg, job, r in zip(group, gcfgs, gjobs, results):
                 out[i] = job.finish(r)

@@ -18,6 +18,7 @@ from ..study import Study
 LINEAR_ARM = "dln"  # model_type of the deep linear network arm (Santurkar §C)
 SAME = 0.02  # test accuracy: "trains as well as" within two points (seven digits test images)
 PLATEAU = 0.9  # a net is still on its initial plateau while its training loss is above 90% of its first logged value
+MATCH_BINS = 4  # loss bins per decade in the matched-loss view
 NOT_REDUCED = np.log10(2)  # "does not reduce ICS": BN's is not below half the standard net's (a non-inferiority margin)
 
 
@@ -30,7 +31,13 @@ def _label(row) -> str:
 
 def _arms(s: pd.DataFrame, m: pd.DataFrame):
     s = s.assign(label=s.apply(_label, axis=1))
-    m = A.with_runs(m, s, ["norm_type", "model_type", "label"])
+    if "probe_every" not in s:  # results written before the column existed: every probe counts as regular
+        s = s.assign(probe_every=0)
+    m = A.with_runs(m, s, ["norm_type", "model_type", "label", "probe_every"])
+    # probes on the run's regular schedule (the paper's same-step view); the extra early ones (probe_at)
+    # serve the matched-loss view and would otherwise weigh the run's median towards its first steps
+    every = m.probe_every.fillna(0).astype(int)
+    m["regular"] = (m.split != "probe") | (every == 0) | (m.step % every.clip(lower=1) == 0)
     conv, lin = s.model_type != LINEAR_ARM, s.model_type == LINEAR_ARM
     return s[conv], m[m.model_type != LINEAR_ARM], s[lin], m[m.model_type == LINEAR_ARM]
 
@@ -84,6 +91,42 @@ def by_phase(values: pd.DataFrame, m: pd.DataFrame, metric: str) -> str:
             f"{lower[~flat].sum()} of {(~flat).sum()} after")
 
 
+def probe_values(values: pd.DataFrame, m: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per probe of ``metric`` (median over layers) with the loss L(W_t; B_t) the net stood at
+    when probed and its loss bin (``MATCH_BINS`` per decade)."""
+    keys = ["norm_type", "label", "lr", "seed", "step"]
+    v = values[values.metric == metric].groupby(keys).value.median()
+    loss = m[m.metric == "probe_loss"].groupby(keys).value.first().rename("loss")
+    d = pd.concat([v, loss], axis=1, join="inner").reset_index()
+    d = d[(d.loss > 0) & (d.value > 0)]
+    return d.assign(metric=metric, bin=np.floor(np.log10(d.loss) * MATCH_BINS).astype(int))
+
+
+def matched_loss(values: pd.DataFrame, m: pd.DataFrame, metric: str, a: str = "bn", b: str = "none") -> pd.DataFrame:
+    """The nets compared at equal training loss instead of equal step: per (lr, seed), over the loss
+    bins both visited, the median of log10(median of a's probes in the bin / median of b's), and how many
+    bins they shared.  The median, not the mean: one shared bin sits at the chance loss, where BN's
+    first step meets the standard net's plateau (there BN's ICS is ~1000× larger), and it would
+    otherwise decide the comparison of the bins where both nets learn."""
+    d = probe_values(values, m, metric)
+    med = d.groupby(["norm_type", "lr", "seed", "bin"]).value.median().unstack("norm_type")
+    med = med.reindex(columns=[a, b]).dropna()
+    r = np.log10(med[a] / med[b]).rename("log_ratio").reset_index()
+    return r.groupby(["lr", "seed"]).agg(log_ratio=("log_ratio", "median"), bins=("bin", "size")).reset_index()
+
+
+def _matched_text(values: pd.DataFrame, m: pd.DataFrame, metric: str, what: str) -> str:
+    """The matched-loss reading of a probe, for a claim's measured text."""
+    r = matched_loss(values, m, metric)
+    if r.empty:
+        return f"at equal training loss: no loss bin visited by both nets ({what})"
+    mean, lo, hi = A.t_interval(r.log_ratio)
+    ci = f" [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else ""
+    return (f"at equal training loss (probes binned by L(W_t; B_t), {MATCH_BINS} bins per decade, "
+            f"{int(r.bins.median())} shared bins per seed): log10({what}: BN / standard) {mean:.2f}{ci} over "
+            f"{len(r)} seeds")
+
+
 def _with_phases(ev: Evidence, phases: str) -> Evidence:
     """The probe-by-probe split goes beside the estimate; where the claim did not reproduce, it is the reason."""
     if ev.verdict == REPRODUCED:
@@ -96,9 +139,11 @@ def _with_phases(ev: Evidence, phases: str) -> Evidence:
 def _smoother(metric: str, what: str):
     def check(s, m) -> Evidence:
         _, mv, _, _ = _arms(s, m)
-        ev = greater(_log_ratio(mv, metric, "none", "bn"), f"log10({what}: standard / BN), median over the run's "
-                                                           f"probes", ".2f")
-        return _with_phases(ev, by_phase(mv, mv, metric))
+        reg = mv[mv.regular]
+        ev = greater(_log_ratio(reg, metric, "none", "bn"), f"log10({what}: standard / BN), median over the run's "
+                                                            f"regular probes", ".2f")
+        ev.measured += "; " + _matched_text(mv, mv, metric, what)
+        return _with_phases(ev, by_phase(reg, reg, metric))
     return check
 
 
@@ -113,9 +158,11 @@ def _band(m: pd.DataFrame) -> pd.DataFrame:
 def _landscape_band(s, m) -> Evidence:
     _, mv, _, _ = _arms(s, m)
     bands = _band(mv)
-    ev = greater(_log_ratio(bands, "band", "none", "bn"), "log10(loss-landscape band max − min over η: "
-                                                          "standard / BN), median over the run's probes", ".2f")
-    return _with_phases(ev, by_phase(bands, mv, "band"))
+    reg = bands[bands.regular]
+    ev = greater(_log_ratio(reg, "band", "none", "bn"), "log10(loss-landscape band max − min over η: "
+                                                        "standard / BN), median over the run's regular probes", ".2f")
+    ev.measured += "; " + _matched_text(bands, mv, "band", "loss band")
+    return _with_phases(ev, by_phase(reg, mv[mv.regular], "band"))
 
 
 def _ics(arm: str):
@@ -125,10 +172,13 @@ def _ics(arm: str):
         name = "deep linear net" if arm == LINEAR_ARM else "VGG"
         parts = []
         for lr, g in d.groupby("lr"):
+            allg, g = g, g[g.regular]
             ev = greater(_log_ratio(g, "ics_l2", "bn", "none"), f"{name}, lr {lr:g}: log10(ICS ‖G − G′‖₂: BN / "
                          f"standard), median over probes and layers; claim: above −log10 2", ".2f", margin=-NOT_REDUCED)
             cos = _per_run(g, "ics_cos").groupby("norm_type").value.median()
             init = _per_run(g[g.step == g.step.min()], "ics_l2").groupby("norm_type").value.median()
+            if arm != LINEAR_ARM:
+                ev.measured += "; " + _matched_text(allg, allg, "ics_l2", "ICS")
             ev.measured += (f"; median cos(G, G′) BN {cos.get('bn', np.nan):.3f} vs standard "
                             f"{cos.get('none', np.nan):.3f}; at the first step ℓ2 BN {init.get('bn', np.nan):.3g} vs "
                             f"standard {init.get('none', np.nan):.3g}")
@@ -138,24 +188,36 @@ def _ics(arm: str):
     return check
 
 
+def at_equal_budget(sv: pd.DataFrame, mv: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The VGG runs with ``test_acc``: each run's test accuracy at the shortest run's last step (the
+    accuracy-only arm may train fewer steps than the probed nets: every net is compared at the same
+    budget), and that step."""
+    budget = int(sv.groupby("norm").steps.max().min())  # per arm its length (a diverged run stops early)
+    acc = mv[(mv.split == "test") & (mv.metric == "acc") & (mv.step <= budget)]
+    last = acc.sort_values("step").groupby(["norm", "lr", "seed"]).value.last().rename("test_acc")
+    return sv.merge(last.reset_index(), on=["norm", "lr", "seed"], how="left"), budget
+
+
 def _noisy_bn(s, m) -> Evidence:
-    sv, _, _, _ = _arms(s, m)
+    sv, mv, _, _ = _arms(s, m)
+    sv, budget = at_equal_budget(sv, mv)
     parts = []
     for lr, g in sv.groupby("lr"):
-        parts.append(within(A.paired(g, "final_test_acc", "norm_type", "noisy_bn", "bn", ["seed"]), SAME,
-                            f"lr {lr:g}: test accuracy, noisy BN − BN", ".3f"))
-        parts.append(greater(A.paired(g, "final_test_acc", "norm_type", "noisy_bn", "none", ["seed"]),
-                             f"lr {lr:g}: test accuracy, noisy BN − standard", ".3f"))
+        parts.append(within(A.paired(g, "test_acc", "norm_type", "noisy_bn", "bn", ["seed"]), SAME,
+                            f"lr {lr:g}: test accuracy at step {budget}, noisy BN − BN", ".3f"))
+        parts.append(greater(A.paired(g, "test_acc", "norm_type", "noisy_bn", "none", ["seed"]),
+                             f"lr {lr:g}: test accuracy at step {budget}, noisy BN − standard", ".3f"))
     return every(parts)
 
 
 def _lp_bn(s, m) -> Evidence:
-    sv, _, _, _ = _arms(s, m)
+    sv, mv, _, _ = _arms(s, m)
+    sv, budget = at_equal_budget(sv, mv)
     parts = []
     for (lr, label), g in sv[sv.norm_type == "lp_bn"].groupby(["lr", "label"]):
         pair = pd.concat([g, sv[(sv.lr == lr) & (sv.norm_type == "bn")]])
-        parts.append(within(A.paired(pair, "final_test_acc", "label", label, "BN", ["seed"]), SAME,
-                            f"lr {lr:g}: test accuracy, {label} − BN", ".3f"))
+        parts.append(within(A.paired(pair, "test_acc", "label", label, "BN", ["seed"]), SAME,
+                            f"lr {lr:g}: test accuracy at step {budget}, {label} − BN", ".3f"))
     return every(parts)
 
 
@@ -163,7 +225,8 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     r = Report(STUDY)
     sv, mv, sd, md = _arms(s, m)
     med = lambda d, metric: _per_run(d, metric).groupby("label").value.median() if len(d) else pd.Series(dtype=float)  # noqa: E731
-    ics, cos, beta, gp = (med(mv, k) for k in ("ics_l2", "ics_cos", "beta_eff", "grad_pred_max"))
+    reg = mv[mv.regular]  # the same-step view: the regular probes only
+    ics, cos, beta, gp = (med(reg, k) for k in ("ics_l2", "ics_cos", "beta_eff", "grad_pred_max"))
     acc = A.summarize(sv, ["label", "lr"], "final_test_acc", drop_failed="failed")
     best = acc.groupby("label")["mean"].max()
     r.finding = (f"median ICS ℓ2 BN {ics.get('BN', np.nan):.3g} vs standard {ics.get('standard', np.nan):.3g}; "
@@ -231,13 +294,45 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
     r.figure("accuracy", fig, "Final test and training accuracy per norm and lr (mean, t 95% interval, each seed).")
     rows = []
     bands = _band(mv)
-    for (label, lr), g in mv.groupby(["label", "lr"]):
-        band = bands[(bands.label == label) & (bands.lr == lr)].value.median()
+    for (label, lr), g in reg.groupby(["label", "lr"]):
+        band = bands[(bands.label == label) & (bands.lr == lr) & bands.regular].value.median()
         rows.append({"norm": label, "lr": lr, **{k: g[g.metric == k].value.median()
                                                  for k in ("ics_l2", "ics_cos", "beta_eff", "grad_pred_max")},
                      "landscape_band": band})
     probe = pd.DataFrame(rows)
-    r.table("probes", probe, "Median probe values over layers, steps and seeds (VGG).", probe.round(4))
+    r.table("probes", probe, "Median probe values over layers, regular probe steps and seeds (VGG).", probe.round(4))
+    matched, views = [], []
+    for metric, what, values in (("ics_l2", "ICS ‖G − G′‖₂", mv), ("beta_eff", "effective β", mv),
+                                 ("grad_pred_max", "max gradient change", mv), ("band", "loss band", bands)):
+        mr = matched_loss(values, mv, metric)
+        same = _log_ratio(values[values.regular], metric, "bn", "none")
+        mm, ml, mh = A.t_interval(mr.log_ratio) if len(mr) else (np.nan,) * 3
+        sm, sl, sh = A.t_interval(same)
+        matched.append({"probe": what, "metric": metric, "seeds": len(mr),
+                        "shared_bins": float(mr.bins.median()) if len(mr) else np.nan,
+                        "matched_log_ratio": mm, "matched_lo": ml, "matched_hi": mh,
+                        "same_step_log_ratio": sm, "same_step_lo": sl, "same_step_hi": sh})
+        views.append(probe_values(values, mv, metric))
+    mt = pd.DataFrame(matched)
+    r.table("matched_loss", mt,
+            f"BN vs standard at equal training loss (probes binned by the loss L(W_t; B_t) the net stood at, "
+            f"{MATCH_BINS} bins per decade; per seed the median over the bins both nets visited, so the one bin at "
+            f"the chance loss -- BN's first step against the standard net's plateau -- does not decide it; the "
+            f"figure shows every bin) beside the same-step "
+            f"comparison of the claims: log10(BN / standard), {A.INTERVAL}. Positive: BN's value is larger.",
+            mt.assign(**{"at equal loss": [A.fmt(a, b, c, digits=2) for a, b, c in zip(mt.matched_log_ratio,
+                                                                                        mt.matched_lo, mt.matched_hi)],
+                         "at equal step": [A.fmt(a, b, c, digits=2) for a, b, c in zip(mt.same_step_log_ratio,
+                                                                                        mt.same_step_lo,
+                                                                                        mt.same_step_hi)]})[
+                ["probe", "at equal loss", "shared_bins", "seeds", "at equal step"]])
+    pv = pd.concat(views, ignore_index=True) if views else pd.DataFrame(columns=["metric", "value", "loss", "bin"])
+    r.figure("matched_loss", P.probe_vs_loss(pv, [("ics_l2", "ICS ‖G − G′‖₂"), ("beta_eff", "effective β"),
+                                                  ("grad_pred_max", "max ‖∇L(W − ηg) − g‖"),
+                                                  ("band", "loss band max − min")]),
+             "Each probe against the training loss the net stood at when probed (log-log), the median per loss bin "
+             "as a line: the nets compared at equal loss, not at equal step (BN reaches low loss in far fewer "
+             "steps, so at equal step its probes are taken where the standard net has not yet been).")
     tr = A.summarize(sv, ["label", "lr"], "final_train_acc")
     shown = acc.assign(test=acc.apply(A.fmt_row, axis=1), train=tr.apply(A.fmt_row, axis=1))[
         ["label", "lr", "test", "train", "n"]]
@@ -264,6 +359,7 @@ CLAIMS = (
 )
 STUDY = Study("santurkar", "How does BN help optimization?", "Santurkar et al. 2018", build, claims=CLAIMS,
               question="Does BN reduce internal covariate shift, or smooth the loss landscape? Noisy BN and ℓp BN.",
-              tables={"probes": "norm × lr", "accuracy": "norm × lr"},
+              tables={"probes": "norm × lr", "accuracy": "norm × lr", "matched_loss": "probe"},
               figures={"ics_l2": "norm × lr", "ics_cos": "norm × lr", "ics_dln": "norm × lr", "landscape": "norm × lr",
-                      "grad_pred": "norm × lr", "beta_eff": "norm × lr", "accuracy": "norm × lr"})
+                      "grad_pred": "norm × lr", "beta_eff": "norm × lr", "accuracy": "norm × lr",
+                      "matched_loss": "probe × training loss"})

@@ -1,0 +1,67 @@
+"""`normbench run`: Snakemake's own `--config KEY=VALUE` reaches Snakemake untouched (argparse
+does not take it for a prefix of our --configfile), and the config check before any job
+applies those overrides."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from normbench import cli, launcher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("argv, extra", [
+    (["run", "--config", "device=cuda"], ["--config", "device=cuda"]),
+    (["run", "-n", "--config", "device=cuda", "threads=2", "--cores", "2"],
+     ["-n", "--config", "device=cuda", "threads=2", "--cores", "2"]),
+    (["run", "--configf", "x.yaml"], ["--configf", "x.yaml"]),  # no prefix matching of our options either
+])
+def test_config_is_not_taken_for_configfile(argv, extra):
+    args, rest = cli.build_parser().parse_known_args(argv)
+    assert args.configfile is None
+    assert rest == extra
+
+
+def test_configfile_stays_ours():
+    args, rest = cli.build_parser().parse_known_args(["run", "--configfile", "x.yaml", "--config", "device=cpu"])
+    assert args.configfile == "x.yaml" and rest == ["--config", "device=cpu"]
+
+
+def test_overrides_are_read_as_snakemake_reads_them():
+    assert launcher.config_overrides(["-n", "--config", "device=cuda", "threads=2", "--cores", "2",
+                                      "--config=runtime=5"]) == {"device": "cuda", "threads": 2, "runtime": 5}
+    assert launcher.config_overrides(["-C", "device=cpu"]) == {"device": "cpu"}
+    assert launcher.config_overrides(["--cores", "2"]) == {}
+
+
+@pytest.fixture
+def snakemake_calls(monkeypatch, tmp_path):
+    """Run `normbench run` from a scratch directory with Snakemake replaced by a recorder."""
+    calls = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(launcher.subprocess, "run",
+                        lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    return calls
+
+
+def test_launcher_passes_config_to_snakemake(snakemake_calls, monkeypatch):
+    monkeypatch.setattr(launcher, "gpu_slot_args", lambda config, extra: [])  # GPU slots: tests/test_devices.py
+    rc = cli.main(["run", "--snakefile", str(ROOT / "Snakefile"), "--no-report", "--config", "device=cuda",
+                   "threads=2", "-n"])
+    assert rc == 0
+    unlock, main = snakemake_calls
+    assert main == [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--workflow-profile",
+                    str(ROOT / "workflow/profiles/default"), "--config", "device=cuda", "threads=2", "-n"]
+    assert "--configfile" not in main and unlock[-1] == "--unlock"
+
+
+def test_bad_config_override_is_one_clear_error_before_snakemake(snakemake_calls, capsys):
+    rc = cli.main(["run", "--snakefile", str(ROOT / "Snakefile"), "--config", "device=gpu"])
+    assert rc == 2 and snakemake_calls == []
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("with --config device=gpu: device: 'gpu' is not valid; allowed: auto (CUDA if present), "
+                        "cpu, cuda or cuda:N.")
+    assert len(err.splitlines()) == 1
