@@ -16,22 +16,12 @@ from normbench import evaluate as E
 from normbench.config import default_config_path, load
 from normbench.errors import ConfigError
 
+from test_snakemake import USER_NORM
+
 ROOT = Path(__file__).resolve().parents[1]
 
-USER_NORMS = '''
-import torch
-
-
-class RMSNorm2d(torch.nn.Module):
-    def __init__(self, num_features, dim=2, eps=1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = torch.nn.Parameter(torch.ones(num_features))
-
-    def forward(self, x):
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return x / x.pow(2).mean(1, keepdim=True).add(self.eps).sqrt() * self.weight.view(shape)
-
+# the README's RMSNorm2d (the same file tests/test_snakemake.py runs through a study), and two more
+USER_NORMS = USER_NORM + '''
 
 class ScaleBlind(torch.nn.Module):
     """Broken on purpose: centres, then divides by a constant instead of the input's scale."""
