@@ -52,10 +52,18 @@ def test_launcher_passes_config_to_snakemake(snakemake_calls, monkeypatch):
     rc = cli.main(["run", "--snakefile", str(ROOT / "Snakefile"), "--no-report", "--config", "device=cuda",
                    "threads=2", "-n"])
     assert rc == 0
-    unlock, main = snakemake_calls
+    [main] = snakemake_calls
     assert main == [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--workflow-profile",
                     str(ROOT / "workflow/profiles/default"), "--config", "device=cuda", "threads=2", "-n"]
-    assert "--configfile" not in main and unlock[-1] == "--unlock"
+    assert "--configfile" not in main
+
+
+def test_a_killed_runs_snakemake_locks_are_cleared_before_the_run(snakemake_calls, tmp_path):
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.input.lock").write_text("results/x\n")  # what a SIGKILLed Snakemake leaves
+    assert cli.main(["run", "--snakefile", str(ROOT / "Snakefile"), "--no-report", "-n"]) == 0
+    assert not locks.exists() and len(snakemake_calls) == 1
 
 
 def test_bad_config_override_is_one_clear_error_before_snakemake(snakemake_calls, capsys):
