@@ -285,66 +285,38 @@ def test_user_normalizer_from_a_file(tmp_path):
         create_norm(f"{tmp_path}/mynorms.py:Nope", 4)
 
 
-@pytest.mark.parametrize("path", ["forward", "forward_one_pass"])  # the CPU's path and every other device's
+# a conv batch, and gn_small_batch's MLP (8 workers × 2 examples × 128 features)
+@pytest.mark.parametrize("shape", [(3, 4, 5, 3, 2), (8, 2, 128)])
 @pytest.mark.parametrize("affine", [True, False])
-def test_worker_batchnorm_normalizes_each_slice_of_a_conv_batch(affine, path):
-    """BN with W data-parallel workers on conv maps: each worker's N images normalized over
-    its own N×H×W values (gradients too); the running statistics move by the mean of the
-    workers' statistics (one step: num_batches_tracked + 1); evaluation uses them, as torch's BN does."""
-    from normbench.layers import BatchNorm2d
+def test_worker_batchnorm_normalizes_each_slice_of_a_batch(affine, shape):
+    """BN with W data-parallel workers: each worker's N examples normalized over its own N(×H×W)
+    values (gradients too); the running statistics move by the mean of the workers' statistics
+    (one step: num_batches_tracked + 1); evaluation uses them, as torch's BN does."""
+    from normbench.layers import BatchNorm1d, BatchNorm2d
 
     torch.manual_seed(5)
-    W, N, C = 3, 4, 5
-    x = torch.randn(W * N, C, 3, 2) * torch.arange(1, W * N + 1).view(-1, 1, 1, 1) + 2
-    m = BatchNorm2d(C, affine=affine, momentum=0.3)
+    W, N, C, *S = shape
+    x = torch.randn(W * N, C, *S) * torch.arange(1, W * N + 1).view(-1, *[1] * (1 + len(S))) + 2
+    m = (BatchNorm2d if S else BatchNorm1d)(C, affine=affine, momentum=0.3)
     if affine:
         with torch.no_grad():
             m.weight.copy_(torch.randn(C)); m.bias.copy_(torch.randn(C))
     m.workers = W
     xg, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y = getattr(m, path)(xg)
+    y = m(xg)
     w, b = (m.weight, m.bias) if affine else (None, None)
     expect = torch.cat([F.batch_norm(xs, None, None, w, b, True, 0.0, 1e-5) for xs in xr.split(N)])
-    torch.testing.assert_close(y, expect)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if N == 2 else {}  # 2 values per feature: float32 rounding, ~1e-5
+    torch.testing.assert_close(y, expect, **tol)
     g = torch.randn_like(y)
-    torch.testing.assert_close(torch.autograd.grad(y, xg, g)[0], torch.autograd.grad(expect, xr, g)[0])
-    stats = [(xs.mean((0, 2, 3)), xs.var((0, 2, 3), unbiased=True)) for xs in x.split(N)]
+    torch.testing.assert_close(torch.autograd.grad(y, xg, g)[0], torch.autograd.grad(expect, xr, g)[0], **tol)
+    dims = [0, *range(2, x.dim())]
+    stats = [(xs.mean(dims), xs.var(dims, unbiased=True)) for xs in x.split(N)]
     torch.testing.assert_close(m.running_mean, 0.3 * torch.stack([s[0] for s in stats]).mean(0))
     torch.testing.assert_close(m.running_var, 0.7 + 0.3 * torch.stack([s[1] for s in stats]).mean(0))
     assert int(m.num_batches_tracked) == 1
     m.eval()
     torch.testing.assert_close(m(x), F.batch_norm(x, m.running_mean, m.running_var, w, b, False, 0.0, 1e-5))
-
-
-@pytest.mark.parametrize("shape", [(8, 2, 128), (8, 4, 128), (8, 8, 128), (8, 32, 128), (4, 2, 16, 6, 6)])
-def test_worker_batchnorm_one_pass_agrees_with_the_cpu_path(shape):
-    """gn_small_batch's settings (MLP 6×128, 8 workers × N = 2..32) and a conv case: the one-pass form
-    (other devices) and the transposed batch_norm call (the CPU) agree in outputs, running statistics
-    and gradients within float32 rounding; bitwise they do not, which is why the CPU keeps its path."""
-    import copy
-
-    from normbench.layers import BatchNorm1d, BatchNorm2d
-
-    torch.manual_seed(7)
-    W, N, C, *S = shape
-    a = (BatchNorm2d if S else BatchNorm1d)(C)
-    with torch.no_grad():
-        a.weight.normal_(); a.bias.normal_()
-    a.workers = W
-    b = copy.deepcopy(a)
-    x = torch.randn(W * N, C, *S) * 3 + 1
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = a.forward_transposed(xa), b.forward_one_pass(xb)
-    g = torch.randn_like(ya)
-    ya.backward(g)
-    yb.backward(g)
-    tol = {"rtol": 1e-4, "atol": 1e-4}
-    torch.testing.assert_close(yb, ya, **tol)
-    torch.testing.assert_close(xb.grad, xa.grad, **tol)
-    for p, q in [(b.weight.grad, a.weight.grad), (b.bias.grad, a.bias.grad), (b.running_mean, a.running_mean),
-                 (b.running_var, a.running_var)]:
-        torch.testing.assert_close(p, q, **tol)
-    assert int(b.num_batches_tracked) == int(a.num_batches_tracked) == 1
 
 
 @pytest.mark.parametrize("layer", ["lp_bn", "brn"])
