@@ -110,10 +110,9 @@ def run(configfile: str | None, snakefile: str | None, extra: list[str], report:
         # our lock is held, so no other run is alive here: Snakemake's locks are a killed run's
         # leftovers, removed as `snakemake --unlock` would (without a second ~10 s Snakemake start)
         shutil.rmtree(workdir / ".snakemake" / "locks", ignore_errors=True)
-        rc = subprocess.run(base + list(extra)).returncode
-        if rc == 0 and report and not {"-n", "--dry-run", "--dryrun"} & set(extra):
-            rc = subprocess.run(base + ["--report", html]).returncode
-    return rc
+        if report and not {"-n", "--dry-run", "--dryrun"} & set(extra):
+            base += ["--report", html, "--report-after-run"]  # built by the same Snakemake: no second start-up
+        return subprocess.run(base + extra).returncode
 
 
 def pipeline_fraction(cores: int = 2, extra: list[str] = ()) -> dict:
