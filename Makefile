@@ -22,8 +22,11 @@ setup: $(VENV)/.installed
 run: setup
 	$(BIN)/normbench run
 
+# the tests in parallel, a file per worker at a time (a file's module fixtures are built once);
+# TEST_WORKERS=0 runs them in this process
+TEST_WORKERS ?= auto
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # the report card of one normalizer: make evaluate NORM=mynorms.py:RMSNorm2d (or NORM=gn, …)
 evaluate: setup
