@@ -24,7 +24,7 @@ run: setup
 
 # the tests in parallel, a file per worker at a time (a file's module fixtures are built once);
 # TEST_WORKERS=0 runs them in this process
-TEST_WORKERS ?= auto
+TEST_WORKERS ?= logical
 test: setup
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 

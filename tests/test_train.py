@@ -43,6 +43,19 @@ def test_writes_both_parquet_files_with_documented_columns(tmp_path):
     assert s.num_rows == 1 and res.summary["steps"] == 30 and not res.summary["diverged"]
 
 
+def test_subnormals_flush_while_training_and_come_back_after(monkeypatch):
+    """Training flushes subnormal floats (the CPU is ~100× slower on them) and gives the process its
+    IEEE default back: code sharing the process (hypothesis, a user's notebook) keeps subnormals."""
+    import torch
+
+    seen = []
+    real = torch.set_flush_denormal
+    monkeypatch.setattr(torch, "set_flush_denormal", lambda on: seen.append(on) or real(on))
+    train(small(steps=2, eval_every=2))
+    assert seen == [True, False]
+    assert (torch.full((64,), 1e-30) * 1e-10)[0].item() != 0.0  # a subnormal result survives
+
+
 def test_same_seed_gives_identical_parquet(tmp_path):
     for d in ("a", "b"):
         train(small(norm="noisy_bn"), tmp_path / d)

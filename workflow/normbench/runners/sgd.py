@@ -77,11 +77,18 @@ class SGD:
 
     def train(self, jobs, say: Callable[[str], None], checkpoint_dir: Path | None = None,
               vectorize: bool = True) -> list:
-        cfgs, out = [j.config for j in jobs], [None] * len(jobs)
         # subnormal floats (below 1.2e-38) cost the CPU ~100× per operation: a 100-layer net whose signal
         # vanishes trained 4× slower.  Flushed to zero they change no recorded value (measured: every
-        # metric of depth_stats bitwise equal); a no-op where the CPU has no such mode
+        # metric of depth_stats bitwise equal).  A no-op where the CPU has no such mode; the process's
+        # default (off) is restored after, for the code that shares the process (hypothesis refuses to run)
         torch.set_flush_denormal(True)
+        try:
+            return self._train(jobs, say, checkpoint_dir, vectorize)
+        finally:
+            torch.set_flush_denormal(False)
+
+    def _train(self, jobs, say, checkpoint_dir, vectorize) -> list:
+        cfgs, out = [j.config for j in jobs], [None] * len(jobs)
         for group in plan(cfgs, vectorize):
             gcfgs, gjobs = [cfgs[i] for i in group], [jobs[i] for i in group]
             c0 = gcfgs[0]
