@@ -183,6 +183,10 @@ def test_headline_report_and_claims_from_fixture_parquet(tmp_path):
     (tmp_path / "idx" / "gn_small_batch").mkdir()
     index = (tmp_path / "idx/index.md").read_text()
     assert "3 reproduced, 0 not reproduced, 3 inconclusive" in index
+    assert "Smoke check" not in index
+    write_index(tmp_path / "smoke", ["gn_small_batch"], [tmp_path / "claims.parquet"], smoke=True)
+    smoke = (tmp_path / "smoke/index.md").read_text()
+    assert smoke.index("Smoke check") < smoke.index("3 reproduced")  # said above the verdicts
 
 
 def _plateau_metrics(summary: pd.DataFrame) -> pd.DataFrame:

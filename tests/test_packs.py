@@ -144,3 +144,22 @@ def test_run_pack_writes_each_run_and_skips_finished(tmp_path):
     msgs = []
     run_pack(jobs, tmp_path / "pack.json", say=msgs.append, checkpoint_dir=tmp_path / "ck")
     assert "2 of 2 runs already finished: skipped" in msgs[0]
+
+
+def test_a_finished_run_whose_settings_changed_trains_again(tmp_path):
+    """A setting outside the run's path (here steps) changed since the run finished: the pack must
+    train it again with the new settings, not keep the old numbers under the new config."""
+    import pyarrow.parquet as pq
+
+    jobs = [job(cfg("bn", 0.05, 0), tmp_path / "r")]
+    run_pack(jobs, say=lambda m: None)
+    longer = [job(cfg("bn", 0.05, 0, steps=30), tmp_path / "r")]
+    msgs = []
+    run_pack(longer, say=msgs.append)
+    assert not any("already finished" in m for m in msgs)
+    assert pq.read_table(tmp_path / "r" / "summary.parquet").column("steps")[0].as_py() == 30
+    msgs = []
+    run_pack(longer, say=msgs.append)  # now finished with these settings
+    assert "1 of 1 runs already finished: skipped" in msgs[0]
+    # where it ran is not what it means: another thread count or device keeps the finished run
+    assert Job.from_dict(job(cfg("bn", 0.05, 0, steps=30, threads=2, device="cpu"), tmp_path / "r")).done

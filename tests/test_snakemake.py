@@ -246,3 +246,35 @@ def test_the_workflow_as_a_module_of_another(tmp_path):
     s = pq.read_table(outer / "results/lr_bs_sweep/summary.parquet").to_pandas()
     assert len(s) == 8 and (outer / "results/lr_bs_sweep/claims.parquet").exists()
     assert "normbench_train" in p.stdout + p.stderr  # the module's rules, renamed, did the work
+
+
+def test_a_smoke_check_of_the_real_data_tier_is_small_and_stays_out_of_the_real_results(tmp_path):
+    """`--config smoke=true` (a string to Snakemake): every run a few steps on the first test examples,
+    results and reports under results-smoke/, the real folders never named."""
+    from normbench import config as nb_config
+    from normbench.launcher import check_config
+    from normbench.pipeline import SMOKE_EVAL, SMOKE_STEPS, Pipeline
+
+    tier = ROOT / "config/experiments/realdata_fashion_mnist.yaml"
+    config = check_config(str(tier), ROOT / "Snakefile", ["--config", "smoke=true", "download=false"])
+    assert config["smoke"] is True and config["download"] is False
+    pipe = Pipeline.from_config(config, check_files=False)
+    assert (pipe.results, pipe.reports) == ("results-smoke", "results-smoke/reports")
+    full = Pipeline.from_config(nb_config.load(tier), check_files=False)
+    for name, st in pipe.studies.items():
+        assert len(st.runs) == len(full.studies[name].runs)  # every run of the tier, each of them small
+        for row in st.runs.drop_duplicates("_grid").to_dict("records"):
+            c, real = pipe.run_config(name, row), full.run_config(name, row)
+            assert (c.steps, c.epochs, c.eval_examples) == (min(SMOKE_STEPS, real.steps), None, SMOKE_EVAL)
+            assert c.eval_every <= SMOKE_STEPS and all(p < SMOKE_STEPS for p in c.probe_at)
+            assert (c.probe_every > 0) == (real.probe_every > 0) and c.probes == real.probes
+            assert (c.model_options, c.norm_options, c.workers) == (real.model_options, real.norm_options,
+                                                                    real.workers)
+    assert (full.results, full.reports) == ("results", "reports")
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    p = run_snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(tier), "--config", "smoke=true",
+                      timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "results-smoke/reports/index.md" in out, out[-3000:]
+    # nothing of the real folders (the data's download log is the data folder's, shared)
+    assert not re.search(r"(?<![-\w/])(results/|reports/|logs/(?!download/))", out)

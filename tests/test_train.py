@@ -158,3 +158,24 @@ def test_speed_options_train(opt):
     assert fast["final_train_loss"] < 1.0 and fast["final_test_acc"] > 0.8  # it trains (chance: 2.3, 0.1)
     if opt == {"channels_last": True}:  # the same model in another memory layout (other kernels: rounding)
         assert fast["final_train_loss"] == pytest.approx(plain["final_train_loss"], rel=2e-2)
+
+
+def test_eval_examples_evaluates_on_the_first_k_test_examples():
+    """A smoke check's evaluation: the first k test examples, exactly (an oracle: evaluate_model on them)."""
+    from normbench.data import Dataset
+    from normbench.runners.sgd import get_data
+    from normbench.train import Trainer, criterion_for, evaluate_model
+
+    cfg = small(eval_examples=50)
+    data = get_data(cfg, "cpu")
+    trainer = Trainer([cfg], data)
+    m = trainer.run()[0].metrics
+    last = m[(m.split == "test") & (m.step == 30)].set_index("metric").value
+    first = Dataset(data.name, data.x_train, data.y_train, data.x_test[:50], data.y_test[:50], data.task,
+                    data.num_outputs)
+    loss, acc = (float(v[0]) for v in evaluate_model(trainer.net.eval_forward, first, criterion_for(data.task)))
+    assert last["loss"] == pytest.approx(loss, rel=1e-6) and last["acc"] == pytest.approx(acc)
+    whole_loss, _ = evaluate_model(trainer.net.eval_forward, data, criterion_for(data.task))
+    assert len(data.x_test) > 50 and float(whole_loss[0]) != pytest.approx(loss, rel=1e-6)
+    with pytest.raises(ConfigError, match="eval_examples.*whole number"):
+        small(eval_examples=-1)

@@ -94,15 +94,35 @@ def validate(config: dict) -> dict:
     return config
 
 
+def _booleans(config: dict) -> dict:
+    """Snakemake reads ``--config smoke=true`` as the string "true" (only True/False are booleans to it):
+    a top-level yes/no key given as true/false (any case) is the boolean it says."""
+    flags = {k for k, v in _schema()["properties"].items() if v.get("type") == "boolean"}
+    words = {"true": True, "false": False}
+    return {k: words[v.lower()] if k in flags and isinstance(v, str) and v.lower() in words else v
+            for k, v in config.items()}
+
+
 def load(source: str | Path | dict) -> dict:
     """A config file (or an already-read dict), checked; defaults filled in."""
     config = source if isinstance(source, dict) else read_yaml(source)
     where = "" if isinstance(source, dict) else f"{source}: "
-    config = coerce_numbers(config)
+    config = _booleans(coerce_numbers(config))
     try:
         return validate(config)
     except ConfigError as e:
         raise ConfigError(f"{where}{e}") from None
+
+
+def results_folder(config: dict, default: str = "results") -> str:
+    """Where a (checked) config's results go: its ``results`` key; results-smoke for a smoke check."""
+    return config.get("results") or ("results-smoke" if config.get("smoke") else default)
+
+
+def reports_folder(results: str) -> str:
+    """reports/ beside the default results folder, ``<results>/reports`` beside any other: a smoke
+    check (or a second results folder) never overwrites the reports of the real one."""
+    return "reports" if results == "results" else f"{results}/reports"
 
 
 def key_values(items: list[str] | None, flag: str) -> dict:

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import load
+from .config import load, reports_folder, results_folder
 from .errors import ConfigError
 
 
@@ -100,11 +100,12 @@ def snakemake_command(snake: Path, configfile: str | None) -> list[str]:
 
 
 def run(configfile: str | None, snakefile: str | None, extra: list[str], report: bool = True,
-        html: str = "reports/report.html") -> int:
+        html: str | None = None) -> int:
     workdir = Path.cwd()
     snake = Path(snakefile) if snakefile else find_snakefile(workdir)
     config = check_config(configfile, snake, extra)
     base = snakemake_command(snake, configfile)
+    html = html or f"{reports_folder(results_folder(config))}/report.html"
     extra = list(extra) + gpu_slot_args(config, extra)  # last: --resources takes every value after it
     with single_run(workdir):
         # our lock is held, so no other run is alive here: Snakemake's locks are a killed run's

@@ -30,6 +30,23 @@ PACKED_OUT = ("lr", "seed")  # by default runs differing only in these share a p
 PARAM_SEP = "~"  # run folders read model~cnn/…/seed~0: no key=value names for readers to mis-type
 
 
+SMOKE_STEPS, SMOKE_EVAL = 6, 256  # `smoke: true`: steps per run, test examples per evaluation
+
+
+def smoke_settings(train: dict) -> dict:
+    """A run's train settings for a pipeline check: a few steps (a shorter run keeps its length), its
+    evaluations, probes and warm-up scaled into them, evaluated on the first test examples.  It checks
+    that data, networks, claims and reports work end to end, not what they measure."""
+    half = SMOKE_STEPS // 2
+    steps = SMOKE_STEPS if train.get("epochs") else min(train.get("steps", SMOKE_STEPS), SMOKE_STEPS)  # never longer
+    t = {**train, "steps": steps, "epochs": None, "eval_every": min(train.get("eval_every", half), half),
+         "eval_examples": SMOKE_EVAL, "probe_at": [1] if train.get("probe_at") else [], "checkpoint_every": 0}
+    for key in ("probe_every", "warmup_steps", "rel_loss_steps"):
+        if train.get(key):
+            t[key] = min(train[key], half)
+    return t
+
+
 @contextlib.contextmanager
 def at_key(key: str):
     """Prefix ConfigErrors raised inside with the config key being checked (the
@@ -96,7 +113,8 @@ class Pipeline:
     def from_config(cls, config: dict, results: str = "results", check_files: bool = True) -> "Pipeline":
         """``config`` as ``config.load`` returns it (schema-checked, defaults filled in); its
         ``results`` key (``normbench evaluate``'s own folder) wins over the argument."""
-        results = config.get("results") or results
+        smoke = bool(config.get("smoke"))
+        results = config_file.results_folder(config, results)
         norms = {k: Named(v["type"], dict(v.get("options") or {})) for k, v in (config.get("norms") or {}).items()}
         models = {k: Named(v["type"], dict(v.get("options") or {}), v.get("init"))
                   for k, v in (config.get("models") or {}).items()}
@@ -112,6 +130,8 @@ class Pipeline:
             grids = st["grid"] if isinstance(st["grid"], list) else [st["grid"]]
             base = {**(config.get("train") or {}), **(st.get("train") or {})}
             train = [{**base, **(g.get("train") or {})} for g in grids]
+            if smoke:
+                train = [smoke_settings(t) for t in train]
             runs = pd.concat([self._expand(name, g).assign(_grid=i) for i, g in enumerate(grids)], ignore_index=True)
             if runs[GRID_COLUMNS].duplicated().any():
                 dup = runs[runs[GRID_COLUMNS].duplicated()].iloc[0][GRID_COLUMNS].to_dict()
@@ -195,6 +215,10 @@ class Pipeline:
             "device": self.device, "data_dir": self.data_dir, "threads": st.threads, "gpu_jobs": self.gpu_jobs,
             "runner": STUDIES.get(study).runner,
         })
+
+    @property
+    def reports(self) -> str:
+        return config_file.reports_folder(self.results)
 
     def datasets(self) -> set[str]:
         return {d for st in self.studies.values() for d in st.runs.dataset}

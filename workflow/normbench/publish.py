@@ -43,7 +43,8 @@ def build_study(study: str, summary_path, metrics_path, claims_path, out_dir):
     return rep
 
 
-def write_index(out_dir, studies: list[str], claims_paths: list) -> Path:
+def write_index(out_dir, studies: list[str], claims_paths: list, smoke: bool = False) -> Path:
+    """``smoke``: a pipeline check (a few steps a run) says so above its table, whose verdicts mean nothing."""
     out = Path(out_dir)
     claims = pd.concat([read_parquet(p, CLAIMS_SCHEMA) for p in claims_paths], ignore_index=True)
     counts = claims.verdict.value_counts()
@@ -52,7 +53,10 @@ def write_index(out_dir, studies: list[str], claims_paths: list) -> Path:
     table = pd.DataFrame({"study": [f"[{s}]({s}/README.md)" for s in claims.study], "claim": claims.statement,
                           "source": claims.source, "verdict": claims.verdict, "estimate [95% CI]": estimate,
                           "n": claims.n, "why / caveat": claims.note.fillna("")})
-    lines = ["# normbench reports", "",
+    lines = ["# normbench reports", ""] + (
+        ["> **Smoke check** (`smoke: true`): every run trained a few steps and was evaluated on the first test "
+         "examples. It shows that data, training, claims and reports work end to end; its verdicts and numbers "
+         "measure nothing.", ""] if smoke else []) + [
              f"The papers' claims, each checked on this run's data ({INTERVAL}): "
              + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("reproduced", "not reproduced", "inconclusive")) + ".",
              "Each study's report gives what each estimate measures; the estimate is the deciding part (for a claim "

@@ -16,6 +16,8 @@ from . import __version__
 from .settings import RunConfig
 from .store import METRICS_SCHEMA, SUMMARY_SCHEMA, write_parquet
 
+FINGERPRINT_KEY = "normbench.settings"  # the summary footer's record of RunConfig.fingerprint()
+
 
 @functools.lru_cache(maxsize=1)
 def git_revision() -> str:
@@ -39,10 +41,11 @@ class RunResult:
     summary: dict
     diverged: bool = False
 
-    def write(self, files: dict[str, Path]) -> None:
+    def write(self, files: dict[str, Path], fingerprint: str | None = None) -> None:
         write_parquet(self.metrics, files["metrics"], METRICS_SCHEMA)
-        # summary last: its presence marks the run complete
-        write_parquet(pd.DataFrame([self.summary]), files["summary"], SUMMARY_SCHEMA)
+        # summary last: its presence (with the settings' fingerprint in its footer) marks the run complete
+        write_parquet(pd.DataFrame([self.summary]), files["summary"], SUMMARY_SCHEMA,
+                      {FINGERPRINT_KEY: fingerprint} if fingerprint else None)
 
 
 @dataclass

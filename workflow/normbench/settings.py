@@ -9,6 +9,7 @@ checked against this list by a test) and ``execution`` (set by the pipeline).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class RunConfig:
     dtype: str = _f("float32", "train")
     loss_sum: bool = _f(False, "train")  # train on the loss summed over the batch (Santurkar's DLN: ‖W x − A x‖²), not its mean
     eval_every: int = _f(50, "train")
+    eval_examples: int = _f(0, "train")  # 0: evaluate on the whole test set; k: on its first k (a smoke check)
     target_acc: float | None = _f(None, "train")
     diverge_loss: float = _f(1.0e4, "train")  # loss above this (or non-finite) ends the run as diverged
     probe_every: int = _f(0, "train")  # 0: no periodic probes
@@ -106,6 +108,12 @@ class RunConfig:
                 "model_type": self.model_kind, "model_options": json.dumps(self.model_options, sort_keys=True),
                 "init": self.init, "optimizer": self.optimizer, "warmup_steps": self.warmup_steps}
 
+    def fingerprint(self) -> str:
+        """What the run's results depend on (identity, meaning and train settings; not where or how fast
+        it ran), hashed: a finished run whose fingerprint differs was trained with other settings."""
+        d = {k: v for k, v in self.to_dict().items() if FIELDS[k].metadata["group"] != "execution"}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def structure(self) -> str:
         """What runs must share to train as one vectorized pack: everything but lr and seed."""
         d = self.to_dict()
@@ -126,6 +134,9 @@ class RunConfig:
             positive(key, getattr(self, key))
         if self.epochs is not None:
             positive("epochs", self.epochs)
+        if isinstance(self.eval_examples, bool) or not isinstance(self.eval_examples, int) or self.eval_examples < 0:
+            raise ConfigError(f"eval_examples: {self.eval_examples!r} must be a whole number ≥ 0 (0: the whole "
+                              f"test set)", key="eval_examples")
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps: {self.warmup_steps!r} must be a whole number ≥ 0", key="warmup_steps")
         if len(self.adam_betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.adam_betas):

@@ -122,13 +122,28 @@ def to_table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
 
 
-def write_parquet(df: pd.DataFrame | pa.Table, path: str | Path, schema: pa.Schema | None = None) -> None:
+def write_parquet(df: pd.DataFrame | pa.Table, path: str | Path, schema: pa.Schema | None = None,
+                  metadata: dict[str, str] | None = None) -> None:
+    """``metadata``: more key-value pairs in the file's footer (readers that do not ask never see them)."""
     if isinstance(df, pa.Table):
         table = df
     else:
         table = to_table(df, schema) if schema else pa.Table.from_pandas(df, preserve_index=False)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               **{k.encode(): v.encode() for k, v in metadata.items()}})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def read_metadata(path: str | Path, key: str) -> str | None:
+    """One key of a Parquet file's footer metadata (None: absent, or the file is unreadable)."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException):
+        return None
+    value = meta.get(key.encode())
+    return value.decode() if value is not None else None
 
 
 def write_text(text: str, path: str | Path) -> None:

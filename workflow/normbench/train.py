@@ -155,6 +155,10 @@ class Trainer:
             cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
             data = Dataset(data.name, cl(data.x_train), data.y_train, cl(data.x_test), data.y_test, data.task,
                            data.num_outputs)
+        if 0 < c0.eval_examples < len(data.x_test):  # a smoke check: the first k test examples
+            k = c0.eval_examples
+            data = Dataset(data.name, data.x_train, data.y_train, data.x_test[:k], data.y_test[:k], data.task,
+                           data.num_outputs)
         self.data = data
         batch = c0.batch_size * c0.workers
         self.total = total_steps(c0, len(data.x_train))

@@ -28,6 +28,7 @@ try:
 except ConfigError as e:
     sys.exit(f"normbench: config error in {CONFIG_SOURCE}: {e}")
 RESULTS = PIPE.results
+REPORTS = PIPE.reports  # reports/ for the default results folder, <results>/reports for any other
 EVALUATE = CONFIG.get("evaluate")  # `normbench evaluate`: the targets are its report card
 # logs of a run with its own results folder (evaluate) stay beside its results
 LOGS, BENCHMARKS = ("logs", "benchmarks") if RESULTS == "results" else (f"{RESULTS}/logs", f"{RESULTS}/benchmarks")
@@ -54,7 +55,7 @@ def dataset_markers(wildcards):
 def report_targets():
     """Every file of every report (captions too: a deleted one is rebuilt, not a broken --report)."""
     files = [str(f) for s in PIPE.studies for f in report_outputs(s).values()]
-    return files + ["reports/index.md"]
+    return files + [f"{REPORTS}/index.md"]
 
 
 def report_outputs(study):
@@ -62,7 +63,7 @@ def report_outputs(study):
     HTML report with the caption the job writes from the data (captions are outputs too)."""
     st = STUDIES.get(study)
     files = artifacts(st)
-    base = f"reports/{study}"
+    base = f"{REPORTS}/{study}"
     caption = lambda name: os.path.abspath(f"{base}/captions/{name}.rst")
     out = {"md": f"{base}/README.md", "finding": f"{base}/finding.json"}
     for kind, ext in (("figures", "png"), ("tables", "html")):

@@ -13,7 +13,7 @@ for _study in PIPE.studies:
         output:
             **report_outputs(_study),
         log:
-            f"logs/report/{_study}.log",
+            f"{LOGS}/report/{_study}.log",
         localrule: True
         conda:
             ENV
@@ -25,16 +25,17 @@ for _study in PIPE.studies:
 
 rule report_index:
     input:
-        findings=[f"reports/{s}/finding.json" for s in PIPE.studies],
+        findings=[f"{REPORTS}/{s}/finding.json" for s in PIPE.studies],
         claims=[f"{RESULTS}/{s}/claims.parquet" for s in PIPE.studies],
     output:
-        report("reports/index.md", caption="../report/index.rst", category="Index"),
+        report(f"{REPORTS}/index.md", caption="../report/index.rst", category="Index"),
     log:
-        "logs/report/index.log",
+        f"{LOGS}/report/index.log",
     localrule: True
     conda:
         ENV
     params:
         studies=list(PIPE.studies),
+        smoke=bool(CONFIG.get("smoke")),
     script:
         "../scripts/report_index.py"

@@ -5,4 +5,5 @@ from normbench.glue import logged
 from normbench.publish import write_index
 
 with logged(snakemake.log[0]):
-    write_index(Path(snakemake.output[0]).parent, snakemake.params.studies, snakemake.input.claims)
+    write_index(Path(snakemake.output[0]).parent, snakemake.params.studies, snakemake.input.claims,
+                snakemake.params.smoke)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from ..recorder import RunResult
+from ..recorder import FINGERPRINT_KEY, RunResult
 from ..registry import Registry
 from ..settings import RunConfig
+from ..store import read_metadata
 from .linear_gd import LinearGD
 from .sgd import SGD
 
@@ -34,11 +35,14 @@ class Job:
 
     @property
     def done(self) -> bool:
-        return bool(self.files) and self.files["summary"].exists()
+        """Finished with these settings: its summary exists and records this config's fingerprint.  A
+        setting outside the run's path (steps, probes, …) changed since: it trains again, never kept stale."""
+        return (bool(self.files) and self.files["summary"].exists()
+                and read_metadata(self.files["summary"], FINGERPRINT_KEY) == self.config.fingerprint())
 
     def finish(self, result: RunResult) -> RunResult:
         if self.files:
-            result.write(self.files)
+            result.write(self.files, self.config.fingerprint())
         return result
 
 

@@ -98,7 +98,9 @@ class SGD:
                                                         f"lr={c0.lr} seed={c0.seed}"))
             ckpt = None
             if checkpoint_dir:
-                key = hashlib.sha1("\n".join(str(j.files["summary"]) for j in gjobs).encode()).hexdigest()[:16]
+                # the runs and their settings: a checkpoint of other settings is never resumed
+                key = hashlib.sha1("\n".join(f"{j.files['summary']} {j.config.fingerprint()}"
+                                             for j in gjobs).encode()).hexdigest()[:16]
                 ckpt = Path(checkpoint_dir) / f"{key}.pt"
             data = get_data(c0, resolve_device(c0.device, c0.gpu_jobs))
             results = Trainer(gcfgs, data, ckpt, progress=lambda m, tag=tag: say(f"{tag} {m}")).run()
