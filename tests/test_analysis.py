@@ -220,8 +220,12 @@ def test_smoothness_probes_split_at_the_end_of_the_standard_nets_plateau():
     beta = next(c for c in SANTURKAR.claims if c.id == "beta_eff").check(s, m)
     assert beta.verdict == INCONCLUSIVE and beta.note.startswith("BN's below the standard net's at 3 of 6 probes")
     assert "and at 3 of 3 after" in beta.note and "plateau" not in beta.measured
-    # BN's ICS is not below half the standard net's (log ratio 0 … 0.08): reproduced, the split beside it
+    # ICS is decided where both nets learn: after the plateau BN's is 1.0–1.2 vs 3 (log ratio −0.48 … −0.40,
+    # below −log10 2: not reproduced); the median over both phases (log ratio 0 … 0.08) would have said
+    # reproduced, and is shown beside
     ics = next(c for c in SANTURKAR.claims if c.id == "ics_vgg").check(s, m)
-    assert ics.verdict == REPRODUCED and ics.measured.endswith("at 3 of 6 probes while the standard net was on its "
-                                                               "initial plateau (training loss above 90% of its "
-                                                               "first) and at 3 of 3 after")
+    assert ics.verdict == NOT_REPRODUCED and "after the standard net left its initial plateau" in ics.measured
+    assert ics.estimate == pytest.approx(np.mean([np.log10((1.0 + 0.1 * k) / 3.0) for k in range(3)]))
+    assert "over every regular probe (both phases) 0.04" in ics.measured
+    assert ics.note.endswith("at 3 of 6 probes while the standard net was on its initial plateau (training loss "
+                             "above 90% of its first) and at 3 of 3 after")

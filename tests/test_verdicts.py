@@ -214,3 +214,43 @@ def test_accuracy_claims_compare_every_net_at_the_shortest_arms_length():
     ev = _claim("santurkar", "noisy_bn").check(s, m)
     assert ev.verdict == REPRODUCED and "at step 400" in ev.measured
     assert ev.estimate == pytest.approx(0.001)  # the nearer of its two parts to failing: noisy − BN at 400
+
+
+def test_noisy_bn_beats_the_standard_net_on_its_training_curve_not_on_a_coin_flip_endpoint():
+    """The standard net leaves its plateau at step 200 on three seeds and after step 400 on two: at step 400
+    the gap is 0, 0, 0, 0.87, 0.87 (the t interval includes 0); over the curve (evaluations 0 … 400) noisy BN
+    is ahead on every seed, so "trains better than the standard net" is reproduced."""
+    rows, mrows = [], []
+    noisy = {0: 0.1, 100: 0.9, 200: 0.95, 300: 0.97, 400: 0.97}
+    late = {0: 0.1, 100: 0.1, 200: 0.1, 300: 0.1, 400: 0.1}
+    early = {0: 0.1, 100: 0.1, 200: 0.6, 300: 0.97, 400: 0.97}
+    for seed in range(5):
+        for norm, curve in (("bn", noisy), ("noisy_bn", noisy), ("none", late if seed >= 3 else early)):
+            rows.append(dict(study="santurkar", model="vgg8", model_type="vgg", norm=norm, norm_type=norm, seed=seed,
+                             steps=400, diverged=False, final_test_acc=curve[400]))
+            for step, acc in curve.items():
+                mrows.append(dict(study="santurkar", model="vgg8", dataset="digits", norm=norm, placement="pre",
+                                  activation="relu", batch_size=32, lr=0.1, seed=seed, step=step, split="test",
+                                  metric="acc", layer=None, value=acc))
+    s, m = runs(rows), pd.DataFrame(mrows)
+    ev = _claim("santurkar", "noisy_bn").check(s, m)
+    assert ev.verdict == REPRODUCED and "mean test accuracy over the evaluations up to step 400" in ev.measured
+    # per seed: noisy BN's curve mean 0.778 vs the standard net's 0.548 (early) or 0.1 (late)
+    gaps = [0.778 - 0.548] * 3 + [0.778 - 0.1] * 2
+    mean, lo, _ = A.t_interval(pd.Series(gaps))
+    assert f"noisy BN − standard: {mean:.3f} [{lo:.3f}" in ev.measured
+    endpoint = pd.Series([0.0] * 3 + [0.87] * 2)
+    assert A.t_interval(endpoint)[1] < 0  # the endpoint's interval includes 0: it would not have decided
+
+
+def test_the_training_curve_is_read_at_the_evaluation_steps_every_net_shares():
+    from normbench.studies.santurkar import at_equal_budget
+
+    s = pd.DataFrame([dict(norm=n, lr=0.1, seed=0, steps=200) for n in ("bn", "none")])
+    m = pd.DataFrame([dict(norm="bn", lr=0.1, seed=0, step=st, split="test", metric="acc", value=v)
+                      for st, v in ((0, 0.1), (100, 0.9), (200, 1.0))]
+                     + [dict(norm="none", lr=0.1, seed=0, step=st, split="test", metric="acc", value=v)
+                        for st, v in ((0, 0.1), (200, 0.5))])
+    sv, budget = at_equal_budget(s, m)
+    curve = sv.set_index("norm").curve_acc
+    assert budget == 200 and curve["bn"] == pytest.approx(0.55) and curve["none"] == pytest.approx(0.3)

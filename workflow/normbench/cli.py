@@ -140,7 +140,8 @@ COMMANDS = {
                    _arg("--out", default="reports", metavar="DIR", help="where the reports go"),
                    _arg("studies", nargs="*", metavar="STUDY", help="studies to report (default: every one found)")]),
     "run": (cmd_run, "run the pipeline (Snakemake), resuming whatever a killed run left",
-            "Check the config, then run the workflow with the default profile and build reports/report.html (<results>/reports/ for another results folder, e.g. a smoke check). "
+            "Check the config, then run the workflow with the default profile and build reports/report.html "
+            "(<results>/reports/ beside another results folder, e.g. results-smoke/ for --config smoke=true). "
             "Any further arguments go to Snakemake (e.g. --cores 4, --profile workflow/profiles/slurm, -n, a "
             "target file).", [
                 _arg("--configfile", metavar="FILE", help="an experiment config (replaces the embedded default)"),

@@ -79,6 +79,14 @@ def on_plateau(m: pd.DataFrame) -> pd.Series:
     return at.set_index(["lr", "seed", "step"]).plateau.fillna(False).astype(bool).sort_index()
 
 
+def after_plateau(m: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``m`` at steps where the standard net of the same lr and seed had left its initial
+    plateau (both nets learning); ``m`` holds the standard net's logged training losses."""
+    flat = on_plateau(m)
+    at = pd.MultiIndex.from_frame(m[["lr", "seed", "step"]])
+    return m[~flat.reindex(at, fill_value=False).to_numpy()]
+
+
 def by_phase(values: pd.DataFrame, m: pd.DataFrame, metric: str) -> str:
     """How often BN's probe value is below the standard net's, probe by probe (same lr, seed and
     step), split by whether the standard net was still on its initial plateau."""
@@ -173,12 +181,22 @@ def _ics(arm: str):
         parts = []
         for lr, g in d.groupby("lr"):
             allg, g = g, g[g.regular]
-            ev = greater(_log_ratio(g, "ics_l2", "bn", "none"), f"{name}, lr {lr:g}: log10(ICS ‖G − G′‖₂: BN / "
-                         f"standard), median over probes and layers; claim: above −log10 2", ".2f", margin=-NOT_REDUCED)
+            # the VGG: decided where both nets learn.  On the standard net's initial plateau BN's ICS is
+            # ~1000× the standard net's, once both learn ~30–100× below it; the plateau lasts 150–300 steps by
+            # seed, so a run's median over both phases landed in either by its seed (measured: the verdict
+            # moved with the seed list).  The plateau's probes are counted beside, as is the median over all.
+            decided = g if arm == LINEAR_ARM else after_plateau(g)
+            where = "probes" if arm == LINEAR_ARM else "probes after the standard net left its initial plateau"
+            ev = greater(_log_ratio(decided, "ics_l2", "bn", "none"), f"{name}, lr {lr:g}: log10(ICS ‖G − G′‖₂: BN "
+                         f"/ standard), median over {where} and layers; claim: above −log10 2", ".2f",
+                         margin=-NOT_REDUCED)
             cos = _per_run(g, "ics_cos").groupby("norm_type").value.median()
             init = _per_run(g[g.step == g.step.min()], "ics_l2").groupby("norm_type").value.median()
             if arm != LINEAR_ARM:
-                ev.measured += "; " + _matched_text(allg, allg, "ics_l2", "ICS")
+                whole = A.t_interval(_log_ratio(g, "ics_l2", "bn", "none"))
+                ev.measured += (f"; over every regular probe (both phases) {whole[0]:.2f}"
+                                + (f" [{whole[1]:.2f}, {whole[2]:.2f}]" if np.isfinite(whole[1]) else "")
+                                + "; " + _matched_text(allg, allg, "ics_l2", "ICS"))
             ev.measured += (f"; median cos(G, G′) BN {cos.get('bn', np.nan):.3f} vs standard "
                             f"{cos.get('none', np.nan):.3f}; at the first step ℓ2 BN {init.get('bn', np.nan):.3g} vs "
                             f"standard {init.get('none', np.nan):.3g}")
@@ -189,13 +207,16 @@ def _ics(arm: str):
 
 
 def at_equal_budget(sv: pd.DataFrame, mv: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """The VGG runs with ``test_acc``: each run's test accuracy at the shortest run's last step (the
+    """The VGG runs with ``test_acc``, each run's test accuracy at the shortest run's last step (the
     accuracy-only arm may train fewer steps than the probed nets: every net is compared at the same
-    budget), and that step."""
+    budget), and ``curve_acc``, its mean over the evaluation steps up to it that every run shares; and that step."""
     budget = int(sv.groupby("norm").steps.max().min())  # per arm its length (a diverged run stops early)
-    acc = mv[(mv.split == "test") & (mv.metric == "acc") & (mv.step <= budget)]
-    last = acc.sort_values("step").groupby(["norm", "lr", "seed"]).value.last().rename("test_acc")
-    return sv.merge(last.reset_index(), on=["norm", "lr", "seed"], how="left"), budget
+    acc = mv[(mv.split == "test") & (mv.metric == "acc") & (mv.step <= budget)].sort_values("step")
+    keys = ["norm", "lr", "seed"]
+    shared = set.intersection(*(set(g.step) for _, g in acc.groupby(keys))) if len(acc) else set()
+    both = pd.concat([acc.groupby(keys).value.last().rename("test_acc"),
+                      acc[acc.step.isin(shared)].groupby(keys).value.mean().rename("curve_acc")], axis=1)
+    return sv.merge(both.reset_index(), on=keys, how="left"), budget
 
 
 def _noisy_bn(s, m) -> Evidence:
@@ -205,8 +226,13 @@ def _noisy_bn(s, m) -> Evidence:
     for lr, g in sv.groupby("lr"):
         parts.append(within(A.paired(g, "test_acc", "norm_type", "noisy_bn", "bn", ["seed"]), SAME,
                             f"lr {lr:g}: test accuracy at step {budget}, noisy BN − BN", ".3f"))
-        parts.append(greater(A.paired(g, "test_acc", "norm_type", "noisy_bn", "none", ["seed"]),
-                             f"lr {lr:g}: test accuracy at step {budget}, noisy BN − standard", ".3f"))
+        # "trains better than the standard net" read from the training curve (its mean over the evaluations
+        # up to the budget), not its end: the standard net leaves its plateau between steps ~150 and 400
+        # by seed, so at step 400 the gap was 0 for some seeds and 0.9 for others and the verdict followed
+        # the seed list (measured); the curve is ahead on every seed
+        parts.append(greater(A.paired(g, "curve_acc", "norm_type", "noisy_bn", "none", ["seed"]),
+                             f"lr {lr:g}: mean test accuracy over the evaluations up to step {budget}, noisy BN − "
+                             f"standard", ".3f"))
     return every(parts)
 
 
@@ -259,9 +285,15 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
         f"{at_left.get('BN', np.nan):.3g} against its {at_left.get('standard', np.nan):.3g}. On the plateau the "
         f"loss is flat along −g, so its gradient barely changes and its loss band is narrow; after it BN has "
         f"converged and its gradient is small. The probes favour the standard net on the plateau and BN after "
-        f"it, and each ICS and smoothness claim on the VGG counts the probes of both phases. Where a "
-        f"claim is inconclusive, its note gives the seeds its measured spread would need; the full-scale "
-        f"config (CIFAR-10, 15k steps) keeps both nets learning through the run, as in the paper.")
+        f"it. The smoothness claims (landscape, predictiveness, β) count the probes of both phases; the VGG "
+        f"ICS claim is decided on the probes after the plateau, where both nets learn: across the two phases "
+        f"BN's ICS swings from ~1000× the standard net's to ~1/100 of it, and the plateau's length varies by "
+        f"seed, so a median over both phases followed the seed list (its value is shown beside). ICS in ℓ2 "
+        f"scales with the gradient; the cosine, which does not, is given beside it. Noisy BN's edge over the "
+        f"standard net is read from the test-accuracy curve up to the shared budget, not its last point (which "
+        f"falls before or after the standard net's plateau exit by seed). Where a claim is inconclusive, its "
+        f"note gives the seeds its measured spread would need; the full-scale config (CIFAR-10, 15k steps) keeps "
+        f"both nets learning through the run, as in the paper.")
     r.figure("ics_l2", P.probe_over_training(mv, "ics_l2", "ICS ‖G − G′‖₂", hue="label"),
              f"VGG: ICS ℓ2 over training (median over layers; mean, t 95% band, seeds): median BN "
              f"{ics.get('BN', np.nan):.3g} vs standard {ics.get('standard', np.nan):.3g}.")
