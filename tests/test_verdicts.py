@@ -195,22 +195,26 @@ def test_matched_loss_takes_the_median_bin_so_the_chance_loss_bin_does_not_decid
     assert list(r.bins) == [3, 3] and r.log_ratio.tolist() == pytest.approx([0.5, 0.5])
 
 
+def _accuracy_runs(spec):
+    """Santurkar VGG runs from (norm, seed, steps, {step: test accuracy}, diverged); a diverged run stops at 100."""
+    rows, mrows = [], []
+    for norm, seed, steps, accs, diverged in spec:
+        rows.append(dict(study="santurkar", model="vgg8", model_type="vgg", norm=norm, norm_type=norm, seed=seed,
+                         steps=100 if diverged else steps, diverged=diverged, final_test_acc=max(accs.values())))
+        mrows += [dict(study="santurkar", model="vgg8", dataset="digits", norm=norm, placement="pre", activation="relu",
+                       batch_size=32, lr=0.1, seed=seed, step=step, split="test", metric="acc", layer=None, value=acc)
+                  for step, acc in accs.items()]
+    return runs(rows), pd.DataFrame(mrows)
+
+
 def test_accuracy_claims_compare_every_net_at_the_shortest_arms_length():
     """Noisy BN trains 400 steps, BN and the standard net 900: the claim reads BN's test accuracy at
     step 400 (0.95, as noisy BN's), not at 900 (0.99); a standard run that diverged at step 100 does not
     shorten the budget."""
-    rows, mrows = [], []
-    for seed in range(3):
-        for norm, steps, accs in (("bn", 900, {400: 0.95, 900: 0.99}), ("noisy_bn", 400, {400: 0.95 + 0.001 * seed}),
-                                  ("none", 900, {400: 0.5, 900: 0.6})):
-            diverged = norm == "none" and seed == 0
-            rows.append(dict(study="santurkar", model="vgg8", model_type="vgg", norm=norm, norm_type=norm, seed=seed,
-                             steps=100 if diverged else steps, diverged=diverged, final_test_acc=max(accs.values())))
-            for step, acc in accs.items():
-                mrows.append(dict(study="santurkar", model="vgg8", dataset="digits", norm=norm, placement="pre",
-                                  activation="relu", batch_size=32, lr=0.1, seed=seed, step=step, split="test",
-                                  metric="acc", layer=None, value=acc))
-    s, m = runs(rows), pd.DataFrame(mrows)
+    s, m = _accuracy_runs([(norm, seed, steps, accs, norm == "none" and seed == 0) for seed in range(3)
+                           for norm, steps, accs in (("bn", 900, {400: 0.95, 900: 0.99}),
+                                                     ("noisy_bn", 400, {400: 0.95 + 0.001 * seed}),
+                                                     ("none", 900, {400: 0.5, 900: 0.6}))])
     ev = _claim("santurkar", "noisy_bn").check(s, m)
     assert ev.verdict == REPRODUCED and "at step 400" in ev.measured
     assert ev.estimate == pytest.approx(0.001)  # the nearer of its two parts to failing: noisy − BN at 400
@@ -220,19 +224,11 @@ def test_noisy_bn_beats_the_standard_net_on_its_training_curve_not_on_a_coin_fli
     """The standard net leaves its plateau at step 200 on three seeds and after step 400 on two: at step 400
     the gap is 0, 0, 0, 0.87, 0.87 (the t interval includes 0); over the curve (evaluations 0 … 400) noisy BN
     is ahead on every seed, so "trains better than the standard net" is reproduced."""
-    rows, mrows = [], []
     noisy = {0: 0.1, 100: 0.9, 200: 0.95, 300: 0.97, 400: 0.97}
     late = {0: 0.1, 100: 0.1, 200: 0.1, 300: 0.1, 400: 0.1}
     early = {0: 0.1, 100: 0.1, 200: 0.6, 300: 0.97, 400: 0.97}
-    for seed in range(5):
-        for norm, curve in (("bn", noisy), ("noisy_bn", noisy), ("none", late if seed >= 3 else early)):
-            rows.append(dict(study="santurkar", model="vgg8", model_type="vgg", norm=norm, norm_type=norm, seed=seed,
-                             steps=400, diverged=False, final_test_acc=curve[400]))
-            for step, acc in curve.items():
-                mrows.append(dict(study="santurkar", model="vgg8", dataset="digits", norm=norm, placement="pre",
-                                  activation="relu", batch_size=32, lr=0.1, seed=seed, step=step, split="test",
-                                  metric="acc", layer=None, value=acc))
-    s, m = runs(rows), pd.DataFrame(mrows)
+    s, m = _accuracy_runs([(norm, seed, 400, curve, False) for seed in range(5)
+                           for norm, curve in (("bn", noisy), ("noisy_bn", noisy), ("none", late if seed >= 3 else early))])
     ev = _claim("santurkar", "noisy_bn").check(s, m)
     assert ev.verdict == REPRODUCED and "mean test accuracy over the evaluations up to step 400" in ev.measured
     # per seed: noisy BN's curve mean 0.778 vs the standard net's 0.548 (early) or 0.1 (late)
