@@ -119,10 +119,14 @@ def results_folder(config: dict, default: str = "results") -> str:
     return config.get("results") or ("results-smoke" if config.get("smoke") else default)
 
 
+def beside(results: str, folder: str) -> str:
+    """Where a run's ``folder`` (reports, logs, benchmarks) goes: at the top for the default results
+    folder, inside any other (a smoke check or `normbench evaluate` never overwrites the real run's)."""
+    return folder if results == "results" else f"{results}/{folder}"
+
+
 def reports_folder(results: str) -> str:
-    """reports/ beside the default results folder, ``<results>/reports`` beside any other: a smoke
-    check (or a second results folder) never overwrites the reports of the real one."""
-    return "reports" if results == "results" else f"{results}/reports"
+    return beside(results, "reports")
 
 
 def key_values(items: list[str] | None, flag: str) -> dict:

@@ -28,10 +28,10 @@ try:
 except ConfigError as e:
     sys.exit(f"normbench: config error in {CONFIG_SOURCE}: {e}")
 RESULTS = PIPE.results
-REPORTS = PIPE.reports  # reports/ for the default results folder, <results>/reports for any other
 EVALUATE = CONFIG.get("evaluate")  # `normbench evaluate`: the targets are its report card
-# logs of a run with its own results folder (evaluate) stay beside its results
-LOGS, BENCHMARKS = ("logs", "benchmarks") if RESULTS == "results" else (f"{RESULTS}/logs", f"{RESULTS}/benchmarks")
+# reports, logs and benchmarks of a run with its own results folder (a smoke check, evaluate) stay inside it
+REPORTS = PIPE.reports
+LOGS, BENCHMARKS = nb_config.beside(RESULTS, "logs"), nb_config.beside(RESULTS, "benchmarks")
 _STARTED = []
 
 

@@ -193,10 +193,9 @@ def _ics(arm: str):
             cos = _per_run(g, "ics_cos").groupby("norm_type").value.median()
             init = _per_run(g[g.step == g.step.min()], "ics_l2").groupby("norm_type").value.median()
             if arm != LINEAR_ARM:
-                whole = A.t_interval(_log_ratio(g, "ics_l2", "bn", "none"))
-                ev.measured += (f"; over every regular probe (both phases) {whole[0]:.2f}"
-                                + (f" [{whole[1]:.2f}, {whole[2]:.2f}]" if np.isfinite(whole[1]) else "")
-                                + "; " + _matched_text(allg, allg, "ics_l2", "ICS"))
+                whole = A.fmt(*A.t_interval(_log_ratio(g, "ics_l2", "bn", "none")), digits=2)
+                ev.measured += (f"; over every regular probe (both phases) {whole}; "
+                                + _matched_text(allg, allg, "ics_l2", "ICS"))
             ev.measured += (f"; median cos(G, G′) BN {cos.get('bn', np.nan):.3f} vs standard "
                             f"{cos.get('none', np.nan):.3f}; at the first step ℓ2 BN {init.get('bn', np.nan):.3g} vs "
                             f"standard {init.get('none', np.nan):.3g}")
