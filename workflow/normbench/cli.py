@@ -99,6 +99,18 @@ def cmd_evaluate(args, extra: list[str]) -> int:
                report=not args.no_report)
 
 
+def cmd_compare(args) -> int:
+    import pandas as pd
+
+    from .verdicts import compare
+
+    table = compare(args.results)
+    with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_colwidth", 40):
+        print(table.to_string())
+    print(f"{int(table.same.sum())} of {len(table)} verdicts agree")
+    return 0 if table.same.all() else 1
+
+
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
 
@@ -159,6 +171,10 @@ COMMANDS = {
                           help="derive the battery from this config's studies (a real-data or full-scale tier) "
                                "instead of the embedded default"),
                      *WORKFLOW_ARGS]),
+    "compare": (cmd_compare, "every claim's verdict from several results folders side by side",
+                "Print each claim's verdict from two or more results folders (another seed list, instruction set, "
+                "thread count or device) and exit 1 if any differs.", [
+                    _arg("results", nargs="+", metavar="RESULTS", help="results folders of finished runs")]),
     "bench": (cmd_bench, "measure the training loop's speed, side by side in one run",
               "Naive vs lean vs packed training, the default pipeline's useful-compute fraction, and the probes' "
               "overhead; with --device cuda the training step on the GPU (eager and CUDA graph, ms per step, "
