@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis import INTERVAL
+from . import topup
 from .claims import CLAIMS_SCHEMA, evaluate
-from .report import write_claims
-from .store import METRICS_SCHEMA, SUMMARY_SCHEMA, read_parquet, write_text
+from .claims import CLAIM_RULE
+from .report import seeds_text, test_text, write_claims
+from .store import METRICS_SCHEMA, SUMMARY_SCHEMA, read_parquet, read_runs, write_text
 from .studies import STUDIES
 
 
@@ -27,9 +28,24 @@ def _read(summary_path, metrics_path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return s, read_parquet(metrics_path, METRICS_SCHEMA)
 
 
-def check_claims(study: str, summary_path, metrics_path, out_path) -> pd.DataFrame:
+def decide_topup(study: str, summaries: list, metrics: list, max_seeds: int, out_path) -> dict:
+    """The adaptive stage's decision from the base runs' files (``normbench.topup``)."""
+    if max_seeds <= 0:  # off: no first look to take
+        decision = {"study": study, "max_seeds": 0, "claims": {}, "runs": []}
+    else:
+        s = read_runs(summaries, SUMMARY_SCHEMA).to_pandas()
+        m = read_runs(metrics, METRICS_SCHEMA).to_pandas()
+        decision = topup.plan(study, STUDIES.get(study).claims, s, m, max_seeds)
+    topup.write(decision, out_path)
+    return decision
+
+
+def check_claims(study: str, summary_path, metrics_path, out_path, topup_path=None) -> pd.DataFrame:
+    """The claims on the aggregated runs, each at its look: a claim decided on its base seeds is checked on
+    the base runs alone, one that got seeds on every run (``topup.json`` beside the summary, if any)."""
     s, m = _read(summary_path, metrics_path)
-    claims = evaluate(study, STUDIES.get(study).claims, s, m)
+    topup_path = topup_path or Path(summary_path).with_name("topup.json")
+    claims = evaluate(study, STUDIES.get(study).claims, s, m, topup.looks(topup.read(topup_path)))
     write_claims(claims, out_path)
     return claims
 
@@ -51,13 +67,13 @@ def write_index(out_dir, studies: list[str], claims_paths: list, smoke: bool = F
     estimate = [("–" if pd.isna(e) else f"{e:.3g}" + ("" if pd.isna(lo) or lo == hi else f" [{lo:.3g}, {hi:.3g}]"))
                 for e, lo, hi in zip(claims.estimate, claims.lo, claims.hi)]
     table = pd.DataFrame({"study": [f"[{s}]({s}/README.md)" for s in claims.study], "claim": claims.statement,
-                          "source": claims.source, "verdict": claims.verdict, "estimate [95% CI]": estimate,
-                          "n": claims.n, "why / caveat": claims.note.fillna("")})
+                          "source": claims.source, "verdict": claims.verdict, "estimate [interval]": estimate,
+                          "test": test_text(claims), "seeds": seeds_text(claims), "why / caveat": claims.note.fillna("")})
     lines = ["# normbench reports", ""] + (
         ["> **Smoke check** (`smoke: true`): every run trained a few steps and was evaluated on the first test "
          "examples. It shows that data, training, claims and reports work end to end; its verdicts and numbers "
          "measure nothing.", ""] if smoke else []) + [
-             f"The papers' claims, each checked on this run's data ({INTERVAL}): "
+             f"The papers' claims, each checked on this run's data ({CLAIM_RULE}): "
              + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("reproduced", "not reproduced", "inconclusive")) + ".",
              "Each study's report gives what each estimate measures; the estimate is the deciding part (for a claim "
              "checked at several settings, the one nearest to failing).",

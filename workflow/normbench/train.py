@@ -48,9 +48,9 @@ class Preempted(RuntimeError):
 
 
 def make_optimizer(cfg: RunConfig, groups: list[dict]) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
-                                foreach=True)
+    if cfg.optimizer in ("adam", "adamw"):
+        adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        return adam(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay, foreach=True)
     momentum = cfg.momentum if cfg.optimizer == "momentum" else 0.0
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay, foreach=True)
 
@@ -272,6 +272,8 @@ class Trainer:
             if not live:  # a member that diverged stays where it stopped
                 for p in self.models[r].parameters():
                     p.grad = None
+            elif self.cfg.grad_clip:  # each run's own gradient norm, as if it trained alone
+                torch.nn.utils.clip_grad_norm_(self.models[r].parameters(), self.cfg.grad_clip, foreach=True)
         self.opt.step()
         loss = loss.detach()
         bad = ~torch.isfinite(loss) | (loss > self.cfg.diverge_loss)
