@@ -282,6 +282,33 @@ def test_the_cpu_never_captures():
     assert t.graph is None and t.eager_reason == "device cpu is not CUDA" and lines == []
 
 
+def test_the_epoch_permutation_reaches_the_gpu_without_a_sync(monkeypatch):
+    """A copy from pageable host memory waits for the GPU's queue to drain, once an epoch; from pinned
+    memory with non_blocking it is queued like a kernel.  The permutation is the host's either way."""
+    from normbench.data import BatchSchedule
+
+    copies = []
+    real_to = torch.Tensor.to
+
+    def pin(self):
+        pinned = self.clone()
+        pinned.pinned = True
+        return pinned
+
+    def to(self, *a, **k):
+        if a and torch.device(a[0]).type == "cuda":
+            copies.append((getattr(self, "pinned", False), k.get("non_blocking", False)))
+            return self
+        return real_to(self, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    gpu, cpu = BatchSchedule(100, 10, seed=3, device="cuda:1"), BatchSchedule(100, 10, seed=3, device="cpu")
+    for step in (0, 5, 10, 25):
+        assert torch.equal(gpu(step)[1], cpu(step)[1])
+    assert copies == [(True, True)] * 3  # one copy an epoch, pinned and asynchronous
+
+
 # -- on CUDA ------------------------------------------------------------------------------------------
 
 
