@@ -242,6 +242,8 @@ def step_costs(cfg, device, steps: int = 10, data=None) -> dict[str, float | Non
     from .train import Trainer
 
     data = data if data is not None else synthetic_data(cfg.dataset, device)
+    if cfg.threads:  # as the runner sets them
+        torch.set_num_threads(cfg.threads)
     eager = Trainer([timing_config(cfg, device, graph=False)], data)
     for _ in range(2):
         _advance(eager)
@@ -399,7 +401,7 @@ def _f(v, fmt: str, width: int) -> str:
 
 def row_text(r: dict) -> str:
     return (f"    {r['case']:<44} {r['ms']:>8.2f} {r['run_ms']:>11.2f} {_f(r['busy_profiler'], '.2f', 10)} "
-            f"{_f(r['busy_events'], '.2f', 12)} {r['tflops']:>8.2f} {_f(r['of_peak'], '.1%', 8)}  "
+            f"{_f(r['busy_events'], '.2f', 12)} {r['tflops']:>8.3g} {_f(r['of_peak'], '.1%', 8)}  "
             f"{r['math']}; {r['mode']}")
 
 
