@@ -92,7 +92,8 @@ def test_train_jobs_ask_for_a_gpu_slot_on_cuda(tmp_path):
     assert "gpu_slots=1" in p.stdout
 
 
-@pytest.mark.parametrize("spec, busy, device", [("cuda", (0,), "cuda:1"), ("auto", (), "cuda:0"), ("cuda:1", (), "cuda:1")])
+@pytest.mark.parametrize("spec, busy, device", [("cuda", (0,), "cuda:1"), ("auto", (), "cuda:0"),
+                                                ("cuda:1", (), "cuda:1")])
 def test_the_jobs_gpu_becomes_the_current_device(slots, monkeypatch, spec, busy, device):
     """Streams, a CUDA graph's default capture stream and the context itself are made on "the current
     device": a job on slot k's GPU must make it current, or its work and its capture land on GPU 0."""

@@ -253,7 +253,8 @@ def step_costs(cfg, device, steps: int = 10, data=None) -> dict[str, float | Non
         probed = Trainer([timing_config(cfg, device, graph=False, probes=True)], data)
         _advance(probed)
         costs["probe"] = _timed_ms(lambda: probed.probing.step(probed, *probed.batch()), device, 2)
-    del eager
+        probed = None
+    eager = None  # freed before the next one is built
     if torch.device(device).type == "cuda" and why_eager_on_cuda(cfg) is None:
         graph = Trainer([timing_config(cfg, device, graph=True)], data)
         for _ in range(WARMUP + 2):  # the warm-up, the capture and its checked first replay

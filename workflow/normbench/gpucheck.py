@@ -220,7 +220,8 @@ def tier_part(out: Report, device, small: bool, data_dir: str, budget_s: float) 
     rows = []
     for job in finished:
         c, s = job.config, pd.read_parquet(job.files["summary"])
-        rows.append({"model": c.model, "norm": c.norm, "batch_size": c.batch_size, "workers": c.workers, "steps": int(s.steps.iloc[0]),
+        rows.append({"model": c.model, "norm": c.norm, "batch_size": c.batch_size, "workers": c.workers,
+                     "steps": int(s.steps.iloc[0]),
                      "train_time_s": float(s.train_time_s.iloc[0]), "final_test_acc": float(s.final_test_acc.iloc[0]),
                      "estimate_s": (gpubench.run_ms(c, _steps(c, data), costs.get(gpubench.cost_key(c), {}))
                                     or math.nan) / 1e3})
@@ -266,8 +267,8 @@ def main(args) -> int:
     out = Report(folder)
     started = time.perf_counter()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU: the CPU"
-    out(f"normbench gpu-check — {name}, torch {torch.__version__}, {os.cpu_count()} cores"
-        + (" — small mode" + ("" if cuda else " (no CUDA here: torch.cuda.is_available() is False)") if small else ""))
+    mode = " — small mode" + ("" if cuda else " (no CUDA here: torch.cuda.is_available() is False)") if small else ""
+    out(f"normbench gpu-check — {name}, torch {torch.__version__}, {os.cpu_count()} cores{mode}")
     cpu_results = args.cpu_results
     if cpu_results is None and Path("results").is_dir() and any(Path("results").glob("*/claims.parquet")):
         cpu_results = "results"  # this checkout's own results: `make run` on a CPU
