@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 import subprocess
 import sys
 import time
@@ -116,6 +117,11 @@ def pipeline_part(out: Report, small: bool, cores: int, cpu_results: str | None,
     out(f"   wall {_minutes(wall)} (Snakemake's whole run, start-up included), {st['runs']} runs trained, "
         f"{st['useful_s']:.1f} CPU-seconds in training")
     result = {"wall_s": wall, "runs": st["runs"]}
+    eager = Counter(line.split("cuda graph: off (", 1)[1].rsplit(")", 1)[0]
+                    for log in (work / "logs").rglob("*.log") for line in log.read_text().splitlines()
+                    if "cuda graph: off (" in line)
+    for reason, n in eager.most_common():
+        out(f"   {n} training log line(s): cuda graph off ({reason})")
     if not cpu_results:
         out("   verdicts not compared: no CPU results folder given (--cpu-results RESULTS of a CPU `normbench run` "
             "of the same config)")
@@ -270,7 +276,7 @@ def main(args) -> int:
     mode = " — small mode" + ("" if cuda else " (no CUDA here: torch.cuda.is_available() is False)") if small else ""
     out(f"normbench gpu-check — {name}, torch {torch.__version__}, {os.cpu_count()} cores{mode}")
     cpu_results = args.cpu_results
-    if cpu_results is None and Path("results").is_dir() and any(Path("results").glob("*/claims.parquet")):
+    if cpu_results is None and not small and any(Path("results").glob("*/claims.parquet")):
         cpu_results = "results"  # this checkout's own results: `make run` on a CPU
     parts, timings = {}, {}
     for part, run in (("bench", lambda: bench_part(out, device, small)),
