@@ -174,18 +174,14 @@ class GraphStep:
         fresh = key != self.key
         if fresh:
             self.graph = None
-            if self.why or self.eager_steps < WARMUP or key != self.last_key or not self._capture(t, key):
+            if self.why or self.eager_steps < WARMUP or key != self.last_key:
                 self.last_key = key
                 self._eager(lambda: t.train_step(*t.batch()))
                 return
-        epoch = t.step // self.per_epoch
-        if epoch != self.epoch:
-            for r, b in enumerate(t.batches):
-                self.perm[r].copy_(b.permutation(t.step))
-            self.epoch = epoch
-        if not self.synced:
-            self.step_t.fill_(t.step)
-            self.synced = True
+        self._inputs(t)  # before a capture too: it records the step from the state it will replay from
+        if fresh and not self._capture(t, key):
+            self._eager(lambda: t.train_step(*t.batch()))
+            return
         if fresh:
             self._checked_replay(t)
         else:
@@ -194,6 +190,17 @@ class GraphStep:
         if t.sched is not None:
             t.sched.step()
         t.seen += 1
+
+    def _inputs(self, t) -> None:
+        """The permutation of step t.step's epoch, and the step counter, where the graph reads them."""
+        epoch = t.step // self.per_epoch
+        if epoch != self.epoch:
+            for r, b in enumerate(t.batches):
+                self.perm[r].copy_(b.permutation(t.step))
+            self.epoch = epoch
+        if not self.synced:
+            self.step_t.fill_(t.step)
+            self.synced = True
 
     def _eager(self, train) -> None:
         with self._side_stream():
