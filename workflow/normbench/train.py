@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from . import probes
 from .data import BatchSchedule, Dataset
-from .graphstep import GraphStep
+from .graphstep import GraphStep, set_capturable
 from .layers import noise_modules, seed_noise, set_run_length, set_workers
 from .members import Eager, Vectorized
 from .models import build_network, count_params
@@ -189,7 +189,8 @@ class Trainer:
         self.probing = Probing(self) if c0.probes else None
         if self.checkpoint and self.checkpoint.exists():
             self._load_checkpoint()
-        self.graph = GraphStep.plan(self)  # None: eager steps (always on the CPU)
+        self.graph, self.eager_reason = GraphStep.plan(self)  # None: eager steps (always on the CPU), and why
+        set_capturable(self.opt, self.graph is not None)  # after the checkpoint: its device may not be ours
 
     def _reset_accumulators(self):
         R = len(self.cfgs)
@@ -218,9 +219,12 @@ class Trainer:
         with _Sigterm() as term:
             while self.step < self.total and any(self.active):
                 if self.probing and self.probing.due(self.step):
-                    self.probing.step(*self.batch())
+                    if self.graph is not None:  # eager on the live model; the next step replays again
+                        self.graph.step(self, eager=lambda: self.probing.step(self, *self.batch()))
+                    else:
+                        self.probing.step(self, *self.batch())
                 elif self.graph is not None:
-                    self.graph.step()
+                    self.graph.step(self)
                 else:
                     self.train_step(*self.batch())
                 self.step += 1
