@@ -179,3 +179,50 @@ def test_eval_examples_evaluates_on_the_first_k_test_examples():
     assert len(data.x_test) > 50 and float(whole_loss[0]) != pytest.approx(loss, rel=1e-6)
     with pytest.raises(ConfigError, match="eval_examples.*whole number"):
         small(eval_examples=-1)
+
+
+def test_adamw_with_clipping_is_torchs_step_by_hand():
+    """One step of ``learn`` with adamw + grad_clip equals torch's own AdamW after clip_grad_norm_ on the same
+    batch and weights; in a pack each run is clipped by its own gradient norm, as if it trained alone."""
+    import copy
+
+    import torch
+
+    from normbench.data import DATASETS
+    from normbench.train import Trainer
+
+    data = DATASETS.get("digits").load(None)
+    cfgs = [small(optimizer="adamw", weight_decay=0.1, grad_clip=0.05, lr=0.01, seed=s, norm="ln") for s in (0, 1)]
+    t = Trainer(cfgs, data)
+    refs = [copy.deepcopy(m) for m in t.models]
+    x, y = t.batch()
+    t.learn(x, y, 0)
+    norms = []
+    for r, ref in enumerate(refs):
+        opt = torch.optim.AdamW(ref.parameters(), lr=0.01, weight_decay=0.1)
+        loss = torch.nn.functional.cross_entropy(ref(x[r]), y[r])
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)))
+        opt.step()
+        for (name, p), q in zip(ref.named_parameters(), t.models[r].parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+    assert min(norms) > 0.05 and norms[0] != pytest.approx(norms[1])  # clipping acted, each by its own norm
+    unclipped = Trainer([small(optimizer="adamw", weight_decay=0.1, lr=0.01, seed=0, norm="ln")], data)
+    unclipped.learn(x[:1], y[:1], 0)
+    moved = [(a - b).abs().max() for a, b in zip(unclipped.models[0].parameters(), t.models[0].parameters())]
+    assert max(moved) > 0  # without clipping the step is another one
+
+
+def test_adamw_decays_every_parameter_dyts_alpha_too():
+    """Zhu et al. apply weight decay to α as well: with a zero gradient AdamW shrinks α by lr · wd."""
+    import torch
+
+    from normbench.layers import DynamicTanh
+    from normbench.train import make_optimizer
+
+    d = DynamicTanh(4, dim=1, alpha=1.0)
+    opt = make_optimizer(small(optimizer="adamw", weight_decay=0.1, lr=0.01), [{"params": list(d.parameters())}])
+    for p in d.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert float(d.alpha) == pytest.approx(1.0 * (1 - 0.01 * 0.1))

@@ -368,3 +368,21 @@ def test_a_vectorized_pack_of_transformer_runs_matches_them_solo():
     for cfg, p in zip(cfgs, packed):
         solo = Trainer([cfg], data).run()[0]
         np.testing.assert_allclose(p.metrics.value, solo.metrics.value, **PACK_TOLERANCE)
+
+
+def test_attention_norms_take_their_own_options():
+    """``attn_norm_options`` (Zhu et al. set DyT's α₀ apart in attention): the attention sublayers' norms get
+    them, the feed-forward and final norms keep the configured ones; a typo is a config error."""
+    from normbench.errors import ConfigError
+    from normbench.models import NormAct, build_model
+
+    na = NormAct("dyt", {"alpha": 0.5})
+    m = build_model("transformer", (16,), 29, na, {"depth": 2, "width": 16, "heads": 2,
+                                                   "attn_norm_options": {"alpha": 2.0}})
+    alphas = {n: float(p.detach()) for n, p in m.named_parameters() if n.endswith("alpha")}
+    assert alphas == {"blocks.0.norm1.norm.alpha": 2.0, "blocks.0.norm2.norm.alpha": 0.5,
+                      "blocks.1.norm1.norm.alpha": 2.0, "blocks.1.norm2.norm.alpha": 0.5,
+                      "final_norm.norm.alpha": 0.5}
+    with pytest.raises(ConfigError, match="unknown option.*alpa"):
+        build_model("transformer", (16,), 29, na, {"depth": 1, "width": 16, "heads": 2,
+                                                   "attn_norm_options": {"alpa": 2.0}})
