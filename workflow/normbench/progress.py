@@ -90,7 +90,7 @@ class Tracker:
         if not worked or elapsed <= 0:
             return None
         state = self.plan.assign(state=[DONE if d else PENDING for d in self.done], wall_time_s=self.wall)
-        left = estimate_seconds(state).sum()
+        left = estimate_seconds(state).sum(skipna=False)
         return left / (worked / elapsed) if math.isfinite(left) else None
 
     def line(self) -> str:
@@ -176,7 +176,7 @@ class Progress:
         t = self.tracker
         counts = t.counts()
         if not self._bars:
-            width = max(map(len, counts), default=0)
+            width = max([len("all runs"), *map(len, counts)])
             total = sum(n for _, n in counts.values())
             self._bars["all"] = tqdm(total=total, desc="all runs".rjust(width), position=0, file=self.stream,
                                      dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| "
@@ -185,7 +185,7 @@ class Progress:
                 self._bars[s] = tqdm(total=n, desc=s.rjust(width), position=i, file=self.stream, dynamic_ncols=True,
                                      bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total}")
         eta = t.eta()
-        self._bars["all"].set_postfix_str(", ETA " + (duration(eta) if eta is not None else "after the first runs"),
+        self._bars["all"].set_postfix_str("ETA " + (duration(eta) if eta is not None else "after the first runs"),
                                           refresh=False)
         self._bars["all"].n = sum(d for d, _ in counts.values())
         for s, (d, _) in counts.items():
@@ -197,14 +197,14 @@ class Progress:
 # -- normbench status ------------------------------------------------------------------------------
 
 
-def status_table(state: pd.DataFrame, jobs: int) -> pd.DataFrame:
-    """Per study: runs done, resumable, pending, planned, and the expected time left with ``jobs``
-    runs at once (from the measured wall times: ``runstate.estimate_seconds``)."""
+def status_table(state: pd.DataFrame) -> pd.DataFrame:
+    """Per study: runs done, resumable, pending, planned, and the run-seconds left (from the measured
+    wall times: ``runstate.estimate_seconds``; NaN while no run has finished)."""
     est = estimate_seconds(state)
     rows = []
     for study, g in state.groupby("study", sort=False):
         n = g.state.value_counts()
-        left = est[g.index].sum()
+        left = est[g.index].sum(skipna=False)
         rows.append({"study": study, DONE: int(n.get(DONE, 0)), RESUMABLE: int(n.get(RESUMABLE, 0)),
                      PENDING: int(n.get(PENDING, 0)), "planned": len(g), "left_s": left})
     return pd.DataFrame(rows)
@@ -212,8 +212,8 @@ def status_table(state: pd.DataFrame, jobs: int) -> pd.DataFrame:
 
 def status_text(results: str | Path, state: pd.DataFrame, jobs: int, show: int = 10) -> str:
     """What ``normbench status`` prints: a table by study, the time left, then the runs left by name."""
-    table = status_table(state, jobs)
-    left = table.left_s.sum()
+    table = status_table(state)
+    left = table.left_s.sum(skipna=False)
     shown = table.assign(left=[("–" if r.done == r.planned else duration(r.left_s / jobs))
                                for r in table.itertuples()]).drop(columns="left_s")
     total = {c: int(table[c].sum()) for c in (DONE, RESUMABLE, PENDING, "planned")}
@@ -224,7 +224,7 @@ def status_text(results: str | Path, state: pd.DataFrame, jobs: int, show: int =
         return "\n".join(lines) + "\n"
     lines.append(f"Time left: about {duration(left / jobs)} at {jobs} runs at once (the measured wall times of the "
                  f"finished runs, by study and model; a resumable run counted whole)" if math.isfinite(left) else
-                 "Time left: unknown until a run of each study has finished")
+                 "Time left: unknown until runs have finished (it is measured from them)")
     lines += ["", "Left to run (`normbench run` resumes them):"]
     for study, g in state[state.state != DONE].groupby("study", sort=False):
         lines.append(f"  {study}:")

@@ -55,34 +55,46 @@ def git_dirty() -> bool | None:
     return None if out is None else bool(out.strip())
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_model() -> str:
-    """The CPU's marketing name where the OS says it (Linux /proc/cpuinfo, macOS sysctl), else its architecture."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
-    for key in ("model name", "Hardware", "Processor", "cpu model"):  # x86; some ARM boards; MIPS/others
-        m = re.search(rf"^{key}\s*:\s*(.+)$", info, re.M)
+def cpu_name(cpuinfo: str, machine: str) -> str | None:
+    """The CPU's name in a /proc/cpuinfo text: its marketing name (x86 ``model name``; some ARM boards'
+    ``Hardware``), else the ARM part number; None if it names none."""
+    for key in ("model name", "Hardware", "Processor", "cpu model"):
+        m = re.search(rf"^{key}\s*:\s*(.+)$", cpuinfo, re.M)
         if m and m.group(1).strip():
             return m.group(1).strip()
-    if platform.system() == "Darwin":
+    m = re.search(r"^CPU part\s*:\s*(\S+)", cpuinfo, re.M)
+    return f"{machine} (CPU part {m.group(1)})" if m else None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's name where the OS says it (Linux /proc/cpuinfo, macOS sysctl), else its architecture."""
+    try:
+        name = cpu_name(Path("/proc/cpuinfo").read_text(), platform.machine())
+    except OSError:
+        name = None
+    if name is None and platform.system() == "Darwin":
         try:
-            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                                  timeout=5).stdout.strip() or platform.machine()
+            name = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                  timeout=5).stdout.strip() or None
         except Exception:
             pass
-    m = re.search(r"^CPU part\s*:\s*(\S+)", info, re.M)  # ARM Linux without a name: the part number
-    return f"{platform.machine()} (CPU part {m.group(1)})" if m else (platform.processor() or platform.machine())
+    return name or platform.processor() or platform.machine()
+
+
+def driver_version(text: str) -> str | None:
+    """The driver version in /proc/driver/nvidia/version (proprietary or open kernel module)."""
+    m = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", text)
+    return m.group(1) if m else None
 
 
 @functools.lru_cache(maxsize=1)
 def nvidia_driver() -> str | None:
     """The NVIDIA kernel driver's version (Linux: /proc/driver/nvidia/version; else nvidia-smi)."""
     try:
-        m = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", Path("/proc/driver/nvidia/version").read_text())
-        if m:
-            return m.group(1)
+        found = driver_version(Path("/proc/driver/nvidia/version").read_text())
+        if found:
+            return found
     except OSError:
         pass
     try:
