@@ -146,3 +146,21 @@ def test_report_command_on_a_folder_without_a_plan(half, tmp_path, capsys):
     assert cli.main(["report", "--results", str(bare), "--out", str(tmp_path / "reports")]) == 0
     index = (tmp_path / "reports/index.md").read_text()
     assert index.startswith("# normbench reports\n") and "partial" not in index
+
+
+def test_aggregates_are_read_only_while_they_hold_every_planned_run_as_it_is(half, tmp_path):
+    import os
+    import shutil
+
+    copy = tmp_path / "results"
+    shutil.copytree(half, copy)
+    plan = read_plan(copy)
+    assert read_finished(copy, "lr_bs_sweep", plan).aggregated
+    first = next((copy / "lr_bs_sweep/runs/summary").rglob("*.parquet"))
+    agg = (copy / "lr_bs_sweep/summary.parquet").stat().st_mtime
+    os.utime(first, (agg + 10, agg + 10))  # a run trained again since the aggregate was written
+    r = read_finished(copy, "lr_bs_sweep", plan)
+    assert not r.aggregated and r.done == 12
+    first.unlink()  # a run gone (its settings changed): the aggregate is stale, though it has 12 rows
+    r = read_finished(copy, "lr_bs_sweep", plan)
+    assert not r.aggregated and r.partial and r.done == 11

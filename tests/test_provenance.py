@@ -101,7 +101,8 @@ def test_the_data_hash_is_the_data_as_loaded(monkeypatch):
 def test_config_hash_covers_execution_settings_the_fingerprint_leaves_out():
     a, b = RunConfig.from_dict(TINY_RUN), RunConfig.from_dict({**TINY_RUN, "threads": 2, "device": "cpu"})
     assert a.fingerprint() == b.fingerprint()
-    assert P.settings_hash(a.to_dict()) != P.settings_hash(b.to_dict())
+    assert P.environment(a.to_dict(), "cpu")["config_hash"] != P.environment(b.to_dict(), "cpu")["config_hash"]
+    assert P.environment(a.to_dict(), "cpu")["config_hash"] == P.settings_hash(RunConfig.from_dict(TINY_RUN).to_dict())
 
 
 def test_a_run_written_elsewhere_stays_done(tmp_path, monkeypatch):
