@@ -101,8 +101,12 @@ def test_in_a_terminal_snakemakes_lines_pass_above_the_bars(monkeypatch, capsys,
     monkeypatch.setattr(launcher, "tracker", lambda config, extra: Tracker(fake_plan([("a", "mlp", "r1")]), tmp_path))
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setattr(launcher, "terminal_width", lambda: 120)
     rc = launcher.watched([sys.executable, "-c", "import sys; print('rule train:'); sys.exit(3)"], {}, [], 30.0)
     err = capsys.readouterr().err
     assert rc == 3  # Snakemake's exit status, through the pipe
     assert "rule train:\n" in err and "\rall runs:   0%|" in err and "\r       a:   0%|" in err
     assert err.splitlines()[-1].startswith("normbench: 0/1 runs finished (0%)")
+    monkeypatch.setattr(launcher, "terminal_width", lambda: 0)  # a terminal of no size: plain lines
+    rc = launcher.watched([sys.executable, "-c", "import sys; sys.exit(0)"], {}, [], 30.0)
+    assert rc == 0 and "\r" not in capsys.readouterr().err

@@ -1,8 +1,10 @@
 """normbench: what normalization layers do to training, measured.
 
 Commands: train one run, download a dataset, aggregate run files into per-study
-Parquet, rebuild the claims and reports from results, benchmark the training
-loop.  The whole pipeline runs through Snakemake (see the README).
+Parquet, rebuild the claims and reports from results (also from unfinished ones),
+run the pipeline with its progress, tell how far a results folder got, export
+runs to TensorBoard, benchmark the training loop.  The whole pipeline runs
+through Snakemake (see the README).
 """
 
 from __future__ import annotations

@@ -134,12 +134,21 @@ def tracker(config: dict, extra: list[str]):
     return Tracker(plan, Path(option_value(extra, "--directory", "-d") or ".") / pipe.results)
 
 
+def terminal_width() -> int:
+    """Columns of the terminal on stderr (0: a terminal of no size, as some wrappers' pseudo-terminals
+    are, where bars would draw nothing: plain lines there)."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
 def watched(cmd: list[str], config: dict, extra: list[str], every: float) -> int:
     """Snakemake with the runs' progress beside it.  In a terminal its lines go above the bars (read
     through a pipe); otherwise it writes as usual and a progress line joins every ``every`` seconds."""
     from .progress import Progress
 
-    bars = sys.stdout.isatty() and sys.stderr.isatty()
+    bars = sys.stdout.isatty() and sys.stderr.isatty() and terminal_width() > 0
     progress = Progress(lambda: tracker(config, extra), bars, every).start()
 
     def follow(p: subprocess.Popen) -> int:
