@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 export PIP_CONSTRAINT := /dev/null
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test evaluate reports bench bench-gpu mutants clean
+.PHONY: setup run test evaluate reports bench bench-gpu gpu-check mutants clean
 
 $(VENV)/.installed: envs/requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: setup
 bench-gpu: setup
 	$(BIN)/normbench bench --device cuda
 
+# one prepared command that measures a GPU into gpu-check/ (about 8 min on one GPU; without CUDA a small
+# CPU version); CPU_RESULTS: a CPU run's results folder to compare verdicts with (default ./results)
+gpu-check: setup
+	$(BIN)/normbench gpu-check $(if $(CPU_RESULTS),--cpu-results $(CPU_RESULTS))
+
 # Mutation testing of the normalizers, their layers and the probes (tens of minutes; not part of
 # `make test`).  mutmut wants the package at the top of its folder: it runs in .mutmut/.
 mutants: setup
@@ -49,4 +54,4 @@ mutants: setup
 	cd .mutmut && ../$(BIN)/mutmut run; ../$(BIN)/mutmut results
 
 clean:
-	rm -rf results reports/*/ reports/index.md reports/report.html .snakemake logs benchmarks .mutmut
+	rm -rf results reports/*/ reports/index.md reports/report.html .snakemake logs benchmarks .mutmut gpu-check

@@ -38,6 +38,23 @@ def test_fraction_is_cpu_time_over_cores_times_wall(tmp_path):
     assert st == {"runs": 2, "wall_s": 10.0, "cores": 2, "useful_s": 8.0, "fraction": pytest.approx(0.4)}
 
 
+def test_run_paths_are_the_pipelines_not_the_current_directorys(tmp_path, monkeypatch):
+    """`make bench` after `make run`: the bench's pipeline ran in a scratch folder, and the checkout it is
+    called from holds older runs at the same relative paths; those are not the pipeline's runs."""
+    since = time.time() - 5
+    rel = "results/s/runs/summary/r0.parquet"
+    older = _summary(tmp_path / "checkout" / rel, 1000.0)
+    os.utime(older, (since - 60, since - 60))
+    scratch = tmp_path / "scratch"
+    _summary(scratch / rel, 3.0)
+    marker = scratch / "results" / "s" / "packs" / "p" / "pack.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"runs": [rel]}))
+    monkeypatch.chdir(tmp_path / "checkout")
+    st = pipeline_stats(scratch / "results", wall=1.0, cores=1, since=since, workdir=scratch)
+    assert st is not None and (st["runs"], st["useful_s"]) == (1, 3.0)
+
+
 def test_no_finished_runs_no_fraction(tmp_path):
     assert pipeline_stats(tmp_path, wall=1.0, cores=1) is None
 

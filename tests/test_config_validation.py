@@ -36,7 +36,7 @@ BAD = {
                       r"studies\.imagenet_sweep: study 'imagenet_sweep' is unknown; valid: bjorck, .*lr_bs_sweep"),
     "unknown norm in grid": (lambda c: grid(c).__setitem__("norm", ["bn", "batchnorm"]),
                              r"studies\.lr_bs_sweep\.grid\.(0\.)?norm: norm type 'batchnorm' is unknown; valid: .*gn.*"
-                             r"or an entry under norms: bn_noaffine, gn"),
+                             r"or an entry under norms: bn_noaffine, dyt_a05"),
     "unknown norm type": (lambda c: c["norms"].__setitem__("xn", {"type": "xnorm"}),
                           r"norms\.xn: norm type 'xnorm' is unknown; valid: .*bn"),
     "unknown norm option": (lambda c: c["norms"]["gn"].__setitem__("options", {"grops": 2}),
@@ -154,10 +154,10 @@ def test_default_grids_and_paths():
     assert "=" not in "".join(files)  # no key=value folders for readers to infer (mis-typed) columns from
     # the default trains the whole sweep in one job (pack: [norm, batch_size, lr, seed]) ...
     packs = pipe.packs("lr_bs_sweep")
-    assert len(packs) == 1 and all(len(v) == 2 * 2 * 5 * 5 + 2 * 2 * 3 * 3 for v in packs.values())
+    assert len(packs) == 1 and all(len(v) == 2 * 2 * 5 * 8 + 2 * 2 * 3 * 3 for v in packs.values())
     # ... and `pack: true` means the runs that differ only in lr and seed
     c = mutate(lambda c: sweep(c).__setitem__("pack", True))
     packs = load_config(c).packs("lr_bs_sweep")
-    assert len(packs) == 8 and sorted(map(len, packs.values())) == [9] * 4 + [25] * 4
+    assert len(packs) == 8 and sorted(map(len, packs.values())) == [9] * 4 + [40] * 4
     with pytest.raises(ConfigError, match=r"studies\.lr_bs_sweep\.pack: 'depth' is not a grid column"):
         load_config(mutate(lambda c: sweep(c).__setitem__("pack", ["depth"])))

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from normbench import devices, launcher
@@ -89,3 +90,23 @@ def test_train_jobs_ask_for_a_gpu_slot_on_cuda(tmp_path):
                         "--", "results/depth_stats/summary.parquet"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "gpu_slots=1" in p.stdout
+
+
+@pytest.mark.parametrize("spec, busy, device", [("cuda", (0,), "cuda:1"), ("auto", (), "cuda:0"),
+                                                ("cuda:1", (), "cuda:1")])
+def test_the_jobs_gpu_becomes_the_current_device(slots, monkeypatch, spec, busy, device):
+    """Streams, a CUDA graph's default capture stream and the context itself are made on "the current
+    device": a job on slot k's GPU must make it current, or its work and its capture land on GPU 0."""
+    from fakecuda import FakeCuda
+
+    cuda = FakeCuda(monkeypatch, count=2)
+    slots(*busy)
+    assert devices.resolve_device(spec, gpu_jobs=1) == torch.device(device)
+    assert cuda.set_devices == [torch.device(device)] and cuda.current_key == device
+
+
+def test_the_cpu_sets_no_device(monkeypatch):
+    from fakecuda import FakeCuda
+
+    cuda = FakeCuda(monkeypatch)
+    assert devices.resolve_device("cpu") == torch.device("cpu") and cuda.set_devices == []

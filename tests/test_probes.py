@@ -195,7 +195,7 @@ def test_ics_uses_the_optimizers_real_update(opt):
         g2 = dict(zip(names, torch.autograd.grad(loss(mr), list(mr.values()))))
         G = torch.cat([g[k].flatten() for k in names[2:]]).double()
         Gp = torch.cat([g2[k].flatten() for k in names[2:]]).double()
-        t.probing.step(x, y)
+        t.probing.step(t, x, y)
         rows = {r["metric"]: r["value"] for r in t.recs[0].rows if r["step"] == step and r["split"] == "probe"}
         assert rows["ics_l2"] == pytest.approx(float((G - Gp).norm()), rel=1e-4, abs=1e-7)
         assert rows["ics_cos"] == pytest.approx(float(G @ Gp / (G.norm() * Gp.norm())), rel=1e-5)

@@ -128,6 +128,16 @@ def probe_overhead(config: dict, pairs: int = 6, steps: int | None = None) -> di
             "overhead": statistics.median(ratios) - 1, "inside": statistics.median(inside)}
 
 
+def pipeline_part(out, cores: int = 2) -> dict:
+    """(b): this checkout's pipeline (its config/) run afresh in a scratch folder, measured."""
+    st = pipeline_fraction(cores)
+    if st is None:
+        raise RuntimeError("the pipeline ran but no finished run of it was found: nothing to measure")
+    out(f"(b) default pipeline, fresh run on {st['cores']} cores: wall {st['wall_s']:.0f} s, {st['runs']} runs, "
+        f"CPU time in training {st['useful_s']:.0f} s → useful-compute fraction {st['fraction']:.2f}")
+    return st
+
+
 def main(args) -> int:
     import torch
 
@@ -158,9 +168,7 @@ def main(args) -> int:
             out(f"    {bs:>5}  {r['naive']:>12.0f}  {r['lean']:>11.0f}  {r['packed']:>13.0f}  "
                 f"{r['lean'] / r['naive']:>9.2f}×  {r['packed'] / r['naive']:>11.2f}×")
     if not args.quick:
-        st = pipeline_fraction()
-        out(f"(b) default pipeline, fresh run on {st['cores']} cores: wall {st['wall_s']:.0f} s, {st['runs']} runs, "
-            f"CPU time in training {st['useful_s']:.0f} s → useful-compute fraction {st['fraction']:.2f}")
+        pipeline_part(out)
     else:
         out("(b) default pipeline: skipped in quick mode (run `normbench bench` to measure it)")
     po = probe_overhead(config, pairs=2 if args.quick else 6, steps=200 if args.quick else None)

@@ -2,26 +2,55 @@
 reproduced / not reproduced / inconclusive with intervals over seeds.
 
 A study declares its claims (``Claim``: the statement, the paper and figure it
-comes from, and a check over the study's summary and metrics).  A check returns
-``Evidence``: the verdict, the numbers measured (an estimate with its t-interval
-and the seed count) and, where the claim does not reproduce or the interval
-cannot decide, what was measured that says why.
+comes from, a check over the study's summary and metrics, and the ``arm`` -- the
+runs the check reads).  A check returns ``Evidence``: the verdict, the numbers
+measured (an estimate with its interval, the test that made it and the seed
+count) and, where the claim does not reproduce or the interval cannot decide,
+what was measured that says why, with the seeds that would decide it.
+
+Each check names the interval that fits its per-seed values (``normbench.intervals``:
+Student t for continuous values, the sign test for ordinal or censored ones, the
+signed-rank test for heavy tails).  A claim may be looked at twice -- its base
+seeds, then seeds added where it was undecided (``normbench.topup``) -- so the
+error rate α = 5% is split between the two looks: every interval is a
+``LOOK_LEVEL`` = 97.5% interval, and a verdict's chance of being false stays at
+most 2.5% on each side however the second look went (a union bound over the looks;
+``tests/test_topup.py`` simulates it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from scipy import stats as sps
-
-from .analysis import t_interval
+from .intervals import SIGN, T, Procedure
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+ALPHA, LOOKS = 0.05, 2  # the false-verdict rate, two-sided, split evenly over the looks
+LOOK_LEVEL = 1 - ALPHA / LOOKS  # each look's interval
+_level = [LOOK_LEVEL]  # the level the decision rules use now (``at_level``)
+CLAIM_RULE = (f"each claim by the test that fits its per-seed values (named in its row), at {100 * LOOK_LEVEL:g}% per "
+              f"look: α = {ALPHA:g} split over the base seeds and the seeds added where a claim was undecided")
+
+
+@contextlib.contextmanager
+def at_level(level: float):
+    """Decide the claims checked inside at another interval level (a single look, a test)."""
+    _level.append(level)
+    try:
+        yield
+    finally:
+        _level.pop()
+
+
+def level() -> float:
+    return _level[-1]
 
 
 @dataclass
@@ -33,6 +62,12 @@ class Evidence:
     hi: float = math.nan
     n: int = 0
     note: str = ""  # why it is not reproduced or inconclusive (measured), or a caveat
+    test: str = ""  # the procedure that made the interval (``intervals.Procedure.name``), "deterministic"
+    needed: int | None = None  # seeds at which the interval would decide it (undecided claims)
+
+
+def _all_rows(s: pd.DataFrame) -> pd.Series:
+    return pd.Series(True, index=s.index)
 
 
 @dataclass(frozen=True)
@@ -41,90 +76,109 @@ class Claim:
     statement: str
     source: str  # paper, figure/table
     check: Callable[[pd.DataFrame, pd.DataFrame], Evidence]
+    # the summary rows the check reads: where the claim is undecided, these runs get more seeds
+    arm: Callable[[pd.DataFrame], pd.Series] = field(default=_all_rows)
 
 
 CLAIMS_SCHEMA = pa.schema([
     ("study", pa.string()), ("claim", pa.string()), ("statement", pa.string()), ("source", pa.string()),
     ("verdict", pa.string()), ("measured", pa.string()), ("estimate", pa.float64()), ("lo", pa.float64()),
     ("hi", pa.float64()), ("n", pa.int64()), ("note", pa.string()),
+    ("test", pa.string()), ("level", pa.float64()),  # the interval's procedure and level
+    ("runs", pa.int64()),  # runs of the claim's arm it was checked on
+    ("seeds", pa.int64()), ("seeds_added", pa.int64()),  # distinct seeds of its arm; of them, added at the second look
+    ("look", pa.int64()),  # 1: decided on the base seeds; 2: after seeds were added
+    ("needed", pa.int64()),  # seeds that would decide an undecided claim (null: none would, or decided)
 ])
 
 
-def _interval(values, fmt: str) -> tuple[float, float, float, int, str]:
-    vals = [float(v) for v in values if math.isfinite(float(v))]
-    mean, lo, hi = t_interval(vals)
-    text = f"{mean:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]" if math.isfinite(lo) else f"{mean:{fmt}}"
-    return mean, lo, hi, len(vals), text
+def _interval(values, fmt: str, test: Procedure, bound: float | None = None
+              ) -> tuple[float, float, float, int, str]:
+    x = np.asarray([float(v) for v in values], dtype=float)
+    x = x[~np.isnan(x)] if test.censored_ok else x[np.isfinite(x)]
+    est, lo, hi = test.interval(x, level(), bound)
+    num = lambda v: f"{v:{fmt}}" if math.isfinite(v) else ("∞" if v > 0 else "−∞")  # noqa: E731
+    text = f"{num(est)} [{num(lo)}, {num(hi)}]" if not math.isnan(lo) else f"{num(est)}"
+    return est, lo, hi, len(x), text
 
 
-def seeds_needed(mean: float, lo: float, hi: float, n: int, distance: float) -> int | None:
-    """Seeds at which an interval of this spread would clear ``distance`` (from its mean to the
-    bound it must clear): the measured reason an interval is inconclusive, in seeds."""
-    if n < 2 or not math.isfinite(lo) or distance <= 0:
-        return None
-    sd = (hi - lo) / 2 / float(sps.t.ppf(0.975, n - 1)) * math.sqrt(n)
-    for k in range(n + 1, 10_000):
-        if float(sps.t.ppf(0.975, k - 1)) * sd / math.sqrt(k) < distance:
-            return k
-    return None
+def _label(test: Procedure) -> str:
+    return test.describe(level())
 
 
-def _undecided(margin: float, mean, lo, hi, n, what: str) -> str:
-    k = seeds_needed(mean, lo, hi, n, abs(mean - margin))
+def _undecided(values, bound: float, test: Procedure, what: str) -> tuple[str, int | None]:
+    x = np.asarray([float(v) for v in values], dtype=float)
+    k = test.plan(x[~np.isnan(x)] if test.censored_ok else x[np.isfinite(x)], bound, level())
     return what + (f"; at the measured seed-to-seed spread about {k} seeds would decide it" if k else
-                   "; the mean sits on the bound: more seeds would not decide it")
+                   "; the estimate sits on the bound: more seeds would not decide it"), k
 
 
-def greater(diffs, what: str, fmt: str = ".3g", margin: float = 0.0, min_n: int = 3) -> Evidence:
-    """``diffs`` are paired per-seed differences A − B; the claim is A > B (+ margin).
-    Reproduced if the t-interval lies above the margin, not reproduced if below it."""
-    mean, lo, hi, n, text = _interval(diffs, fmt)
-    measured = f"{what}: {text} over {n} seed pairs (t 95% interval)"
+def _decide(values, what: str, fmt: str, test: Procedure, min_n: int, claim: str,
+            rule: Callable[[float, float], str | None], bound: Callable[[float], float], ties: float | None = None
+            ) -> Evidence:
+    """The interval of ``values`` judged by ``rule(lo, hi)`` (a verdict, or None: undecided);
+    ``bound(estimate)`` is the edge an undecided interval must clear (for its seed plan); ``ties``: the one
+    bound of a one-sided rule (a sign test leaves out the seeds tied with it)."""
+    est, lo, hi, n, text = _interval(values, fmt, test, ties)
+    measured = f"{what}: {text} over {n} seeds{claim} ({_label(test)})"
+    ev = Evidence(INCONCLUSIVE, measured, est, lo, hi, n, test=test.name)
     if n < min_n:
-        return Evidence(INCONCLUSIVE, measured, mean, lo, hi, n, f"only {n} paired seeds (need {min_n})")
-    if lo > margin:
-        return Evidence(REPRODUCED, measured, mean, lo, hi, n)
-    if hi < margin:
-        return Evidence(NOT_REPRODUCED, measured, mean, lo, hi, n)
-    return Evidence(INCONCLUSIVE, measured, mean, lo, hi, n,
-                    _undecided(margin, mean, lo, hi, n, f"the interval includes {margin:g}"))
+        ev.note = f"only {n} paired seeds (need {min_n})"
+        ev.needed = min_n
+        return ev
+    verdict = rule(lo, hi) if not (math.isnan(lo) or math.isnan(hi)) else None
+    if verdict:
+        ev.verdict = verdict
+        return ev
+    edge = bound(est)
+    ev.note, ev.needed = _undecided(values, edge, test, f"the interval includes {edge:g}")
+    return ev
 
 
-def at_most(diffs, margin: float, what: str, fmt: str = ".3g", min_n: int = 3) -> Evidence:
+def greater(diffs, what: str, fmt: str = ".3g", margin: float = 0.0, min_n: int = 3, test: Procedure = T
+            ) -> Evidence:
+    """``diffs`` are paired per-seed differences A − B; the claim is A > B (+ margin).
+    Reproduced if the interval lies above the margin, not reproduced if below it."""
+    return _decide(diffs, what, fmt, test, min_n, f"; claim: above {margin:g}" if margin else "",
+                   lambda lo, hi: REPRODUCED if lo > margin else NOT_REPRODUCED if hi < margin else None,
+                   lambda est: margin, margin)
+
+
+def at_most(diffs, margin: float, what: str, fmt: str = ".3g", min_n: int = 3, test: Procedure = T) -> Evidence:
     """The claim is A ≤ B + margin (non-inferiority, e.g. "does not rise by more than the margin"):
     reproduced if the interval of A − B lies below the margin, not reproduced if above it."""
-    mean, lo, hi, n, text = _interval(diffs, fmt)
-    measured = f"{what}: {text} over {n} seed pairs; claim: below {margin:g} (t 95% interval)"
-    if n < min_n:
-        return Evidence(INCONCLUSIVE, measured, mean, lo, hi, n, f"only {n} paired seeds (need {min_n})")
-    if hi < margin:
-        return Evidence(REPRODUCED, measured, mean, lo, hi, n)
-    if lo > margin:
-        return Evidence(NOT_REPRODUCED, measured, mean, lo, hi, n)
-    return Evidence(INCONCLUSIVE, measured, mean, lo, hi, n,
-                    _undecided(margin, mean, lo, hi, n, f"the interval includes {margin:g}"))
+    return _decide(diffs, what, fmt, test, min_n, f"; claim: below {margin:g}",
+                   lambda lo, hi: REPRODUCED if hi < margin else NOT_REPRODUCED if lo > margin else None,
+                   lambda est: margin, margin)
 
 
-def within(diffs, margin: float, what: str, fmt: str = ".3g", min_n: int = 3) -> Evidence:
+def inside(values, lo_bound: float, hi_bound: float, what: str, fmt: str = ".3g", min_n: int = 3,
+           test: Procedure = T) -> Evidence:
+    """The claim is lo_bound ≤ value ≤ hi_bound: reproduced if the interval lies inside the bounds,
+    not reproduced if it lies wholly outside them."""
+    def rule(lo, hi):
+        if lo_bound <= lo and hi <= hi_bound:
+            return REPRODUCED
+        return NOT_REPRODUCED if hi < lo_bound or lo > hi_bound else None
+
+    def edge(est):
+        if est < lo_bound or est > hi_bound:
+            return lo_bound if est < lo_bound else hi_bound
+        return lo_bound if est - lo_bound < hi_bound - est else hi_bound
+
+    return _decide(values, what, fmt, test, min_n, f"; claim: inside [{lo_bound:g}, {hi_bound:g}]", rule, edge)
+
+
+def within(diffs, margin: float, what: str, fmt: str = ".3g", min_n: int = 3, test: Procedure = T) -> Evidence:
     """The claim is A ≈ B: reproduced if the interval of A − B lies inside ±margin, not
     reproduced if it lies wholly outside it (an equivalence test)."""
-    mean, lo, hi, n, text = _interval(diffs, fmt)
-    measured = f"{what}: {text} over {n} seed pairs; equivalence margin ±{margin:g}"
-    if n < min_n:
-        return Evidence(INCONCLUSIVE, measured, mean, lo, hi, n, f"only {n} paired seeds (need {min_n})")
-    if -margin < lo and hi < margin:
-        return Evidence(REPRODUCED, measured, mean, lo, hi, n)
-    if lo > margin or hi < -margin:
-        return Evidence(NOT_REPRODUCED, measured, mean, lo, hi, n)
-    edge = margin if mean >= 0 else -margin
-    return Evidence(INCONCLUSIVE, measured, mean, lo, hi, n,
-                    _undecided(edge, mean, lo, hi, n, "the interval crosses the margin"))
+    return inside(diffs, -margin, margin, what, fmt, min_n, test)
 
 
 def exact(holds: bool, measured: str, estimate: float = math.nan) -> Evidence:
     """A deterministic fact (no seed variation: the same data and computation for every seed)."""
     return Evidence(REPRODUCED if holds else NOT_REPRODUCED, measured + " (deterministic)", estimate, estimate,
-                    estimate, 1)
+                    estimate, 1, test="deterministic")
 
 
 def every(parts: list[Evidence], joiner: str = "; ") -> Evidence:
@@ -134,20 +188,38 @@ def every(parts: list[Evidence], joiner: str = "; ") -> Evidence:
     verdicts = {p.verdict for p in parts}
     verdict = (NOT_REPRODUCED if NOT_REPRODUCED in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts
                else REPRODUCED)
-    worst = min(parts, key=lambda p: (p.lo if math.isfinite(p.lo) else math.inf))
+    worst = min(parts, key=lambda p: (p.lo if not math.isnan(p.lo) else math.inf))
     notes = joiner.join(p.note for p in parts if p.note)
+    tests = " / ".join(dict.fromkeys(p.test for p in parts if p.test))
+    # seeds that would decide it: every undecided part must be decided (none if a part would never be)
+    open_ = [p for p in parts if p.verdict == INCONCLUSIVE]
+    needed = (max(p.needed for p in open_) if open_ and all(p.needed for p in open_) and verdict == INCONCLUSIVE
+              else None)
     return Evidence(verdict, joiner.join(p.measured for p in parts), worst.estimate, worst.lo, worst.hi,
-                    min(p.n for p in parts), notes)
+                    min(p.n for p in parts), notes, tests, needed)
 
 
-def evaluate(study: str, claims, summary: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+def evaluate(study: str, claims, summary: pd.DataFrame, metrics: pd.DataFrame, looks: dict | None = None
+             ) -> pd.DataFrame:
+    """Every claim checked on the runs given.  ``looks``: claim id -> what the adaptive stage did for it
+    (``topup.Look``: the base runs it is decided on, or that it is decided on every run after seeds were
+    added); without it every claim is checked on every run given, as a first look."""
     rows = []
     for c in claims:
+        look = (looks or {}).get(c.id)
+        s, m = (summary, metrics) if look is None else look.runs(summary, metrics)
         try:
-            ev = c.check(summary, metrics)
+            arm = c.arm(s).reindex(s.index, fill_value=False).astype(bool)  # the rows of s it reads
+            ev = c.check(s, m)
         except (KeyError, ValueError, IndexError) as e:  # data the claim needs is absent: say so, never hide it
             ev = Evidence(INCONCLUSIVE, "not measurable on this study's runs", note=f"{type(e).__name__}: {e}")
+            arm = pd.Series(False, index=s.index)
+        seeds = s.seed[arm]
+        added = int(seeds[seeds.isin(look.added)].nunique()) if look else 0
         rows.append({"study": study, "claim": c.id, "statement": c.statement, "source": c.source,
                      "verdict": ev.verdict, "measured": ev.measured, "estimate": ev.estimate, "lo": ev.lo,
-                     "hi": ev.hi, "n": ev.n, "note": ev.note})
+                     "hi": ev.hi, "n": ev.n, "note": ev.note, "test": ev.test or None,
+                     "level": level() if ev.test not in ("", "deterministic") else None, "runs": int(arm.sum()),
+                     "seeds": int(seeds.nunique()), "seeds_added": added, "look": 2 if added else 1,
+                     "needed": ev.needed if ev.verdict == INCONCLUSIVE else None})
     return pd.DataFrame(rows, columns=CLAIMS_SCHEMA.names)

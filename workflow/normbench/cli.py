@@ -150,6 +150,12 @@ def cmd_bench(args) -> int:
     return bench_main(args)
 
 
+def cmd_gpu_check(args) -> int:
+    from .gpucheck import main as gpu_check_main
+
+    return gpu_check_main(args)
+
+
 def _arg(*names, **kw):
     return names, kw
 
@@ -237,6 +243,23 @@ COMMANDS = {
                   _arg("--device", choices=["cpu", "cuda", "auto"], default="cpu",
                        help="what to measure: the CPU, the GPU (without CUDA: says so, measures the CPU), or "
                             "the GPU where there is one")]),
+    "gpu-check": (cmd_gpu_check, "measure a GPU in one command, into one folder",
+                  "The bench on the GPU (ms per step, GPU-busy fraction, TFLOP/s and fraction of peak, graph or "
+                  "eager and why), the default pipeline on the GPU with its wall time and its verdicts beside a "
+                  "CPU results folder's, and a timed slice of the real-data tier with the tier's GPU-hours. "
+                  "Without CUDA (or with --small) a small version on the CPU, saying what it skipped. Exits 1 if "
+                  "the pipeline fails or a verdict differs.", [
+                      _arg("--out", default="gpu-check", metavar="DIR", help="the folder it writes"),
+                      _arg("--cpu-results", metavar="RESULTS",
+                           help="results folder of a CPU run of the same pipeline, to compare verdicts with "
+                                "(default: ./results if it holds claims)"),
+                      _arg("--small", action="store_true", help="the small CPU-sized version, even with a GPU"),
+                      _arg("--cores", type=int, metavar="N", help="cores for the pipeline (default: all)"),
+                      _arg("--data-dir", default="resources", metavar="DIR",
+                           help="where Fashion-MNIST is, for the real-data slice"),
+                      _arg("--slice-budget", type=float, default=150.0, metavar="SECONDS",
+                           help="the real-data slice trains as many epochs (3, 2, 1, ½, ¼) as fit this"),
+                      _arg("--snakefile", metavar="FILE", help="the workflow (default: ./Snakefile of this checkout)")]),
 }
 PASSTHROUGH = {"run", "evaluate"}  # commands whose unknown arguments go on to Snakemake
 

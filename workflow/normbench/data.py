@@ -263,7 +263,11 @@ class BatchSchedule:
         epoch, i = divmod(step, self.per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).to(self.device)
+            perm = torch.randperm(self.n, generator=g)  # on the host: the same batches on every device
+            if torch.device(self.device).type == "cuda":  # from pageable memory the copy would wait for the GPU
+                self._epoch, self._perm = epoch, perm.pin_memory().to(self.device, non_blocking=True)
+            else:
+                self._epoch, self._perm = epoch, perm.to(self.device)
         return epoch, self._perm[i * self.bs:(i + 1) * self.bs]
 
     def permutation(self, step: int) -> torch.Tensor:

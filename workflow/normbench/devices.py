@@ -43,11 +43,13 @@ def claim_gpu(count: int | None = None, gpu_jobs: int = 1) -> int:
 
 
 def resolve_device(spec: str, gpu_jobs: int = 1) -> torch.device:
+    """The job's device; a GPU is made the process's current device, so that what PyTorch creates on
+    "the current device" (streams, a CUDA graph's capture stream, the context itself) is on it, not on GPU 0."""
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    if spec in ("auto", "cuda"):
-        return torch.device(f"cuda:{claim_gpu(gpu_jobs=gpu_jobs)}")
-    return torch.device(spec)
+    device = torch.device(f"cuda:{claim_gpu(gpu_jobs=gpu_jobs)}" if spec in ("auto", "cuda") else spec)
+    torch.cuda.set_device(device)
+    return device
 
 
 def gpu_slots(config: dict, count: int | None = None) -> int:

@@ -208,5 +208,5 @@ def pipeline_fraction(cores: int = 2, extra: list[str] = ()) -> dict:
         wall = time.perf_counter() - t
         if p.returncode != 0:
             raise RuntimeError(f"pipeline failed:\n{p.stderr[-3000:]}")
-        stats = pipeline_stats(Path(tmp) / "results", wall, cores, since=start - 1)
+        stats = pipeline_stats(Path(tmp) / "results", wall, cores, since=start - 1, workdir=tmp)
     return stats

@@ -69,11 +69,13 @@ class NormAct:
     def act(self) -> nn.Module:
         return ACTIVATIONS[self.activation]()
 
-    def norm_layer(self, channels: int, dim: int, act: bool = True) -> nn.Module:
+    def norm_layer(self, channels: int, dim: int, act: bool = True, options: dict | None = None) -> nn.Module:
         """The norm; ``act=False``: the one before a residual add, which must not include an
-        activation (for norms that include one: their act-less variant)."""
-        options = self.norm_options if act or not self.norm_acts else {**self.norm_options, "apply_act": False}
-        return create_norm(self.norm, channels, dim, **options)
+        activation (for norms that include one: their act-less variant); ``options`` override the
+        configured ones for this slot (a model's per-slot settings, e.g. DyT's α₀ in attention)."""
+        merged = {**self.norm_options, **(options or {})}
+        merged = merged if act or not self.norm_acts else {**merged, "apply_act": False}
+        return create_norm(self.norm, channels, dim, **merged)
 
     def init_layer(self, layer: nn.Module) -> nn.Module:
         """Initialise a conv/linear layer (before any weight reparametrization):
@@ -273,11 +275,13 @@ class TransformerBlock(nn.Module):
     """Attention and a feed-forward sublayer, each a residual branch.  Placement ``pre``
     (Pre-LN, GPT-2/Llama): x + f(norm(x)); ``post`` (Post-LN, Vaswani et al.): norm(x + f(x))."""
 
-    def __init__(self, width: int, heads: int, ffn: int, na: NormAct):
+    def __init__(self, width: int, heads: int, ffn: int, na: NormAct, attn_norm_options: dict | None = None):
         super().__init__()
         self.attn = CausalSelfAttention(width, heads, na)
         self.ffn = nn.Sequential(na.weight(nn.Linear(width, ffn)), na.act(), na.weight(nn.Linear(ffn, width)))
-        self.norm1, self.norm2 = TokenNorm(na.norm_layer(width, 1)), TokenNorm(na.norm_layer(width, 1))
+        # norm1 is the attention sublayer's (before it in Pre-LN, after its residual add in Post-LN)
+        self.norm1 = TokenNorm(na.norm_layer(width, 1, options=attn_norm_options))
+        self.norm2 = TokenNorm(na.norm_layer(width, 1))
         self.pre = na.placement == "pre"
 
     def forward(self, x):
@@ -292,10 +296,12 @@ class Transformer(nn.Module):
     """A decoder-only (GPT-style) character model: token + learned position embeddings,
     ``depth`` blocks, a linear head to next-token logits (B, T, vocabulary).  Inputs are token
     ids of shape (B, T) with T ≤ the dataset's context; ``out_dim`` is the vocabulary.  Pre-LN
-    has a final norm before the head; Post-LN has none (its last block ends in one)."""
+    has a final norm before the head; Post-LN has none (its last block ends in one).
+    ``attn_norm_options`` override the norm's options in the attention sublayers alone (Zhu et al.
+    set DyT's α₀ apart there: ``{alpha: 1.0}``)."""
 
     def __init__(self, in_shape, out_dim, na: NormAct, depth: int = 6, width: int = 64, heads: int = 4,
-                 ffn_mult: int = 4):
+                 ffn_mult: int = 4, attn_norm_options: dict | None = None):
         super().__init__()
         if len(in_shape) != 1:
             raise ConfigError(f"model 'transformer' needs token sequences (shape (T,)); the dataset gives shape "
@@ -303,7 +309,8 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(out_dim, width)
         self.pos = nn.Parameter(torch.zeros(in_shape[0], width))
         nn.init.normal_(self.pos, std=0.02)
-        self.blocks = nn.Sequential(*(TransformerBlock(width, heads, ffn_mult * width, na) for _ in range(depth)))
+        self.blocks = nn.Sequential(*(TransformerBlock(width, heads, ffn_mult * width, na, attn_norm_options)
+                                      for _ in range(depth)))
         self.final_norm = TokenNorm(na.norm_layer(width, 1)) if na.placement == "pre" else nn.Identity()
         self.head = na.weight(nn.Linear(width, out_dim))
 
@@ -335,7 +342,8 @@ for _name, _spec in {
     "resnet18": ModelSpec(_torchvision_resnet("resnet18"), {}, needs_images=True),
     "resnet50": ModelSpec(_torchvision_resnet("resnet50"), {}, needs_images=True),
     "dln": ModelSpec(dln, {"depth": 25, "width": 10}),
-    "transformer": ModelSpec(Transformer, {"depth": 6, "width": 64, "heads": 4, "ffn_mult": 4}),
+    "transformer": ModelSpec(Transformer, {"depth": 6, "width": 64, "heads": 4, "ffn_mult": 4,
+                                           "attn_norm_options": {}}),
 }.items():
     MODELS.register(_name, _spec)
 

@@ -37,11 +37,15 @@ def run_pack(jobs: list[dict], marker: str | Path | None = None, say: Callable[[
     return all_jobs
 
 
-def pipeline_stats(results: str | Path, wall: float, cores: int, since: float = 0.0) -> dict | None:
+def pipeline_stats(results: str | Path, wall: float, cores: int, since: float = 0.0,
+                   workdir: str | Path = ".") -> dict | None:
     """Useful-compute fraction of a pipeline run: the CPU time its runs' processes spent
     training (``compute_time_s``: eval and probes included, a pack's shared among its runs)
     of the runs finished after ``since`` ÷ (cores × wall).  CPU time, not wall time: a job
-    waiting for a core or for I/O is not working, so the fraction cannot exceed 1."""
+    waiting for a core or for I/O is not working, so the fraction cannot exceed 1.  The pack
+    markers name their runs as Snakemake saw them: relative paths are relative to the pipeline's
+    working directory ``workdir``, never to wherever this process happens to run (a checkout's own
+    older results would be found there instead)."""
     import pyarrow.parquet as pq
 
     useful, runs = 0.0, 0
@@ -49,9 +53,7 @@ def pipeline_stats(results: str | Path, wall: float, cores: int, since: float = 
         if marker.stat().st_mtime < since:
             continue
         for run in json.loads(marker.read_text())["runs"]:
-            f = Path(run)
-            if not f.is_absolute() and not f.exists():
-                f = Path(results).parent / f
+            f = Path(workdir) / run  # an absolute path stays as it is
             if f.exists() and f.stat().st_mtime >= since:  # trained in this pipeline run, not an earlier one
                 table = pq.read_table(f, partitioning=None)
                 if "compute_time_s" in table.column_names:

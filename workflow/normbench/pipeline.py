@@ -30,6 +30,8 @@ PACKED_OUT = ("lr", "seed")  # by default runs differing only in these share a p
 PARAM_SEP = "~"  # run folders read model~cnn/…/seed~0: no key=value names for readers to mis-type
 
 
+TOPUP_PREFIX = "topup/"  # pack ids of the runs the adaptive stage added
+
 SMOKE_STEPS, SMOKE_EVAL = 6, 256  # `smoke: true`: steps per run, test examples per evaluation
 
 
@@ -84,16 +86,36 @@ class StudyConfig:
     threads: int
     mem_mb: int
     runtime: int
+    max_seeds: int = 0  # the adaptive stage's cap (normbench.topup); 0: off
     paths: list[str] = field(default_factory=list)  # each run's folder path (row order)
     pack_ids: list[str] = field(default_factory=list)  # its pack (row order)
+    topup_loaded: bool = False  # whether the adaptive stage's runs have been added to ``runs``
 
     def __post_init__(self):
+        self.paths, self.pack_ids = self._locate(self.runs)
+
+    def _locate(self, runs: pd.DataFrame, prefix: str = "") -> tuple[list[str], list[str]]:
         from snakemake.utils import Paramspace  # Snakemake's own writer of parameter paths
 
         cols = [c for c in GRID_COLUMNS if c not in self.pack]
-        self.paths = list(Paramspace(self.runs[GRID_COLUMNS], param_sep=PARAM_SEP).instance_patterns)
-        self.pack_ids = (list(Paramspace(self.runs[cols], param_sep=PARAM_SEP).instance_patterns) if cols
-                         else ["all"] * len(self.runs))
+        paths = list(Paramspace(runs[GRID_COLUMNS], param_sep=PARAM_SEP).instance_patterns)
+        packs = (list(Paramspace(runs[cols], param_sep=PARAM_SEP).instance_patterns) if cols else ["all"] * len(runs))
+        return paths, [prefix + p for p in packs]
+
+    def add_runs(self, added: pd.DataFrame) -> None:
+        """The adaptive stage's runs (grid columns), each trained with the settings of the base run it
+        adds a seed to; their packs are ``topup/<pack>``, apart from the base packs."""
+        self.topup_loaded = True
+        if added.empty:
+            return
+        key = [c for c in GRID_COLUMNS if c != "seed"]
+        grids = self.runs.drop_duplicates(key).set_index(key)["_grid"]
+        rows = added[GRID_COLUMNS].copy()
+        rows["_grid"] = [int(grids.loc[tuple(r)]) for r in rows[key].itertuples(index=False)]
+        paths, packs = self._locate(rows, TOPUP_PREFIX)
+        self.runs = pd.concat([self.runs, rows], ignore_index=True)
+        self.paths += paths
+        self.pack_ids += packs
 
 
 @dataclass
@@ -142,7 +164,7 @@ class Pipeline:
             self.studies[name] = StudyConfig(
                 name, runs, _pack_columns(name, st.get("pack", True)), train,
                 st.get("threads", config.get("threads", 1)), st.get("mem_mb", config.get("mem_mb", 2000)),
-                st.get("runtime", config.get("runtime", 60)))
+                st.get("runtime", config.get("runtime", 60)), 0 if smoke else int(st.get("max_seeds", config.get("max_seeds", 0))))
             if check_runs:
                 self._check_study(self.studies[name])
         if not self.studies:
@@ -231,9 +253,34 @@ class Pipeline:
         """Datasets whose files come from the network (the local download rule fetches them)."""
         return {d for d in self.datasets() if DATASETS.get(d).downloadable}
 
+    # -- the adaptive stage ------------------------------------------------------------
+
+    def topup_file(self, study: str) -> str:
+        return f"{self.results}/{study}/topup.json"
+
+    def load_topup(self, study: str) -> list[str]:
+        """Add the runs of the study's adaptive-stage decision (once; its file must exist: the checkpoint
+        wrote it) and return their pack markers."""
+        from . import topup
+
+        st = self.studies[study]
+        if not st.topup_loaded:
+            decision = topup.read(self.topup_file(study))
+            if decision is None:
+                raise FileNotFoundError(f"{self.topup_file(study)}: the adaptive stage of {study} has not run")
+            st.add_runs(pd.DataFrame(decision["runs"], columns=GRID_COLUMNS))
+            self._packs.pop(study, None)
+        return [self.pack_marker(study, p) for p in self.packs(study) if p.startswith(TOPUP_PREFIX)]
+
+    def base_files(self, study: str, kind: str) -> list[str]:
+        """The base runs' ``summary`` or ``metrics`` files (what the first look reads)."""
+        st = self.studies[study]
+        return [str(run_files(self.results, study, p)[kind]) for p, pk in zip(st.paths, st.pack_ids)
+                if not pk.startswith(TOPUP_PREFIX)]
+
     def packs(self, study: str) -> dict[str, list[int]]:
         """pack id -> row numbers of its runs.  A pack id is the run path without
-        the packed columns (lr and seed by default)."""
+        the packed columns (lr and seed by default); the adaptive stage's packs are ``topup/<pack>``."""
         if study not in self._packs:
             out: dict[str, list[int]] = {}
             for i, pid in enumerate(self.studies[study].pack_ids):
@@ -247,8 +294,9 @@ class Pipeline:
     def checkpoint_dir(self, study: str, pack: str) -> str:
         return str(checkpoint_dir(self.results, study, pack))
 
-    def markers(self, study: str) -> list[str]:
-        return [self.pack_marker(study, p) for p in self.packs(study)]
+    def markers(self, study: str, topup: bool = True) -> list[str]:
+        """Every pack's marker (``topup=False``: the base packs' only)."""
+        return [self.pack_marker(study, p) for p in self.packs(study) if topup or not p.startswith(TOPUP_PREFIX)]
 
     def files(self, study: str, kind: str) -> list[str]:
         """Every run's ``summary`` or ``metrics`` file (row order)."""
@@ -256,6 +304,8 @@ class Pipeline:
 
     def pack_jobs(self, study: str, pack: str) -> list[dict]:
         """What the training job needs: each run's full config and its files."""
+        if pack.startswith(TOPUP_PREFIX):  # a job of its own (a cluster job re-reads the config)
+            self.load_topup(study)
         st = self.studies[study]
         return [{"config": self.run_config(study, st.runs.iloc[i].to_dict()).to_dict(),
                  "files": {k: str(v) for k, v in run_files(self.results, study, st.paths[i]).items()}}
@@ -269,6 +319,8 @@ class Pipeline:
         from .runners.sgd import plan
         from .train import total_steps
 
+        if pack.startswith(TOPUP_PREFIX):
+            self.load_topup(study)
         cfgs = [self.run_config(study, self.studies[study].runs.iloc[i].to_dict()) for i in self.packs(study)[pack]]
         if cfgs[0].runner != "sgd":  # closed-form runs: milliseconds
             return 0

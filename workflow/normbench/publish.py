@@ -11,17 +11,17 @@ reports say how many of the planned runs they read.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from . import provenance
-from .analysis import INTERVAL
-from .claims import CLAIMS_SCHEMA, INCONCLUSIVE, Claim, Evidence, evaluate
-from .report import Report, write_claims
+from . import provenance, topup
+from .claims import CLAIM_RULE, CLAIMS_SCHEMA, INCONCLUSIVE, Claim, Evidence, evaluate
+from .report import Report, seeds_text, test_text, write_claims
 from .runstate import read_finished, read_plan
-from .store import METRICS_SCHEMA, SUMMARY_SCHEMA, read_parquet, write_text
+from .store import METRICS_SCHEMA, SUMMARY_SCHEMA, read_parquet, read_runs, write_text
 from .studies import STUDIES
 
 
@@ -32,9 +32,24 @@ def _read(summary_path, metrics_path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return s, read_parquet(metrics_path, METRICS_SCHEMA)
 
 
-def check_claims(study: str, summary_path, metrics_path, out_path) -> pd.DataFrame:
+def decide_topup(study: str, summaries: list, metrics: list, max_seeds: int, out_path) -> dict:
+    """The adaptive stage's decision from the base runs' files (``normbench.topup``)."""
+    if max_seeds <= 0:  # off: no first look to take
+        decision = {"study": study, "max_seeds": 0, "claims": {}, "runs": []}
+    else:
+        s = read_runs(summaries, SUMMARY_SCHEMA).to_pandas()
+        m = read_runs(metrics, METRICS_SCHEMA).to_pandas()
+        decision = topup.plan(study, STUDIES.get(study).claims, s, m, max_seeds)
+    topup.write(decision, out_path)
+    return decision
+
+
+def check_claims(study: str, summary_path, metrics_path, out_path, topup_path=None) -> pd.DataFrame:
+    """The claims on the aggregated runs, each at its look: a claim decided on its base seeds is checked on
+    the base runs alone, one that got seeds on every run (``topup.json`` beside the summary, if any)."""
     s, m = _read(summary_path, metrics_path)
-    claims = evaluate(study, STUDIES.get(study).claims, s, m)
+    topup_path = topup_path or Path(summary_path).with_name("topup.json")
+    claims = evaluate(study, STUDIES.get(study).claims, s, m, topup.looks(topup.read(topup_path)))
     write_claims(claims, out_path)
     return claims
 
@@ -73,7 +88,13 @@ def _guarded(claim: Claim, missing: str) -> Claim:
                             note=(f"its arms lack finished runs ({missing})" if missing else
                                   "its arms lack finished runs") + f": {type(e).__name__}: {e}")
 
-    return Claim(claim.id, claim.statement, claim.source, check)
+    def arm(s: pd.DataFrame) -> pd.Series:
+        try:
+            return claim.arm(s)
+        except Exception:  # its arm's columns or values are not there yet: it reads none of the runs
+            return pd.Series(False, index=s.index)
+
+    return dataclasses.replace(claim, check=check, arm=arm)
 
 
 def missing_arms(plan: pd.DataFrame, summary: pd.DataFrame) -> str:
@@ -113,9 +134,10 @@ def write_index(out_dir, studies: list[str], claims_paths: list, smoke: bool = F
     table = pd.DataFrame({"study": [f"[{s}]({s}/README.md)" + (" (partial)" if s in partial else "")
                                     for s in claims.study],
                           "claim": claims.statement, "source": claims.source, "verdict": claims.verdict,
-                          "estimate [95% CI]": estimate, "n": claims.n, "why / caveat": claims.note.fillna("")})
-    if "runs" in claims:  # how many runs each claim read (where claims.py counts them)
-        table.insert(5, "runs", claims["runs"])
+                          "estimate [interval]": estimate, "test": test_text(claims), "seeds": seeds_text(claims),
+                          "why / caveat": claims.note.fillna("")})
+    if "runs" in claims:  # how many runs of its arm each claim read
+        table.insert(6, "runs", claims["runs"])
     lines = ["# normbench reports" + (" — partial results" if partial else ""), ""]
     if partial:
         done = sum(i.get("runs", 0) for i in info.values())
@@ -133,7 +155,7 @@ def write_index(out_dir, studies: list[str], claims_paths: list, smoke: bool = F
                   + "; ".join(f"{n} ({', '.join(m)})" for n, m in mixed.items())
                   + ": the same seeds round differently on each, so these studies' claims may differ from a run on "
                   "one machine.", ""]
-    lines += [f"The papers' claims, each checked on this run's data ({INTERVAL}): "
+    lines += [f"The papers' claims, each checked on this run's data ({CLAIM_RULE}): "
               + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("reproduced", "not reproduced", "inconclusive")) + ".",
               "Each study's report gives what each estimate measures; the estimate is the deciding part (for a claim "
               "checked at several settings, the one nearest to failing).",
@@ -193,7 +215,7 @@ def build_all(results="results", out="reports", studies=None) -> list[Path]:
             continue
         missing = missing_arms(plan[plan.study == st], r.summary) if r.partial else ""
         checks = [_guarded(c, missing) for c in STUDIES.get(st).claims] if r.partial else STUDIES.get(st).claims
-        c = evaluate(st, checks, r.summary, r.metrics)
+        c = evaluate(st, checks, r.summary, r.metrics, topup.looks(topup.read(Path(results) / st / "topup.json")))
         if r.aggregated:
             write_claims(c, Path(results) / st / "claims.parquet")
         rep = report_study(st, r.summary, r.metrics, c, Path(out) / st, r.expected, missing)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import plots as P
 from .analysis import INTERVAL
-from .claims import CLAIMS_SCHEMA
+from .claims import CLAIMS_SCHEMA, CLAIM_RULE
 from .store import write_parquet, write_text
 from .study import Study
 
@@ -53,11 +53,12 @@ class Report:
         md += [f"> {n}" for n in self.notes] + ([""] if self.notes else [])
         if self.incomplete:
             md += [f"> The tables and figures need runs that have not finished yet ({self.incomplete}).", ""]
-        md += [f"Numbers are the {INTERVAL}; failed runs (diverged or collapsed to chance) are counted, never "
+        md += [f"Numbers in the tables are the {INTERVAL}; the claims are decided {CLAIM_RULE}. Failed runs "
+               f"(diverged or collapsed to chance) are counted, never "
                f"dropped silently.", ""]
         write_text(_html_table(claims_table(claims), f"{st.title}: the paper's claims, checked on our runs"),
                    out / "claims.html")
-        write_text(f"The claims of {st.source}, each checked against this study's runs ({INTERVAL}).\n",
+        write_text(f"The claims of {st.source}, each checked against this study's runs ({CLAIM_RULE}).\n",
                    out / "captions" / "claims.rst")
         for name, (data, shown, caption) in self.tables.items():
             write_text(data.to_csv(index=False), out / f"{name}.csv")
@@ -122,11 +123,25 @@ def artifacts(study: Study) -> dict[str, list[str]]:
     }
 
 
+def seeds_text(claims: pd.DataFrame) -> pd.Series:
+    """Each claim's seeds: '5', or '5 + 10 added' where the adaptive stage gave it more."""
+    base = claims.seeds.fillna(0).astype(int) - claims.seeds_added.fillna(0).astype(int)
+    return pd.Series([f"{b} + {a} added" if a else f"{b}" for b, a in zip(base, claims.seeds_added.fillna(0).astype(int))],
+                     index=claims.index)
+
+
+def test_text(claims: pd.DataFrame) -> pd.Series:
+    """Each claim's test and its interval's level, e.g. 'sign test, 97.5%'."""
+    return pd.Series([t if pd.isna(lv) else f"{t}, {100 * lv:g}%" for t, lv in zip(claims.test.fillna("–"), claims.level)],
+                     index=claims.index)
+
+
 def claims_table(claims: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame({"claim": claims.statement, "source": claims.source, "verdict": claims.verdict,
-                          "measured": claims.measured, "why / caveat": claims.note.fillna("")})
-    if "runs" in claims:  # how many runs each claim read (where claims.py counts them)
-        table.insert(3, "runs", claims["runs"])
+                          "measured": claims.measured, "test": test_text(claims), "seeds": seeds_text(claims),
+                          "why / caveat": claims.note.fillna("")})
+    if "runs" in claims:  # how many runs of its arm each claim read
+        table.insert(4, "runs", claims["runs"])
     return table
 
 

@@ -20,7 +20,7 @@ import yaml
 
 from .errors import ConfigError
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 PROBES = ("ics", "landscape", "rel_loss", "act_stats", "grad_norm")
 DTYPES = ("float32", "float64")
@@ -62,6 +62,7 @@ class RunConfig:
     schedule_gamma: float = _f(0.1, "train")
     warmup_steps: int = _f(0, "train")  # linear lr warm-up over the first steps, then the schedule
     adam_betas: list = _f([0.9, 0.999], "train")  # Adam's (β1, β2); torch's default
+    grad_clip: float = _f(0.0, "train")  # clip each run's gradient to this global ℓ2 norm (0: no clipping)
     steps: int = _f(200, "train")  # budget in optimizer steps (epochs, if set, overrides)
     epochs: float | None = _f(None, "train")
     workers: int = _f(1, "train")  # data-parallel replicas: the batch is workers × batch_size, norm statistics per replica

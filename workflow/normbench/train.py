@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from . import probes
 from .data import BatchSchedule, Dataset
-from .graphstep import GraphStep
+from .graphstep import GraphStep, set_capturable
 from .layers import noise_modules, seed_noise, set_run_length, set_workers
 from .members import Eager, Vectorized
 from .models import build_network, count_params
@@ -48,9 +48,9 @@ class Preempted(RuntimeError):
 
 
 def make_optimizer(cfg: RunConfig, groups: list[dict]) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
-                                foreach=True)
+    if cfg.optimizer in ("adam", "adamw"):
+        adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        return adam(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay, foreach=True)
     momentum = cfg.momentum if cfg.optimizer == "momentum" else 0.0
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay, foreach=True)
 
@@ -189,7 +189,8 @@ class Trainer:
         self.probing = Probing(self) if c0.probes else None
         if self.checkpoint and self.checkpoint.exists():
             self._load_checkpoint()
-        self.graph = GraphStep.plan(self)  # None: eager steps (always on the CPU)
+        self.graph, self.eager_reason = GraphStep.plan(self)  # None: eager steps (always on the CPU), and why
+        set_capturable(self.opt, self.graph is not None)  # after the checkpoint: its device may not be ours
 
     def _reset_accumulators(self):
         R = len(self.cfgs)
@@ -218,9 +219,12 @@ class Trainer:
         with _Sigterm() as term:
             while self.step < self.total and any(self.active):
                 if self.probing and self.probing.due(self.step):
-                    self.probing.step(*self.batch())
+                    if self.graph is not None:  # eager on the live model; the next step replays again
+                        self.graph.step(self, eager=lambda: self.probing.step(self, *self.batch()))
+                    else:
+                        self.probing.step(self, *self.batch())
                 elif self.graph is not None:
-                    self.graph.step()
+                    self.graph.step(self)
                 else:
                     self.train_step(*self.batch())
                 self.step += 1
@@ -272,6 +276,8 @@ class Trainer:
             if not live:  # a member that diverged stays where it stopped
                 for p in self.models[r].parameters():
                     p.grad = None
+            elif self.cfg.grad_clip:  # each run's own gradient norm, as if it trained alone
+                torch.nn.utils.clip_grad_norm_(self.models[r].parameters(), self.cfg.grad_clip, foreach=True)
         self.opt.step()
         loss = loss.detach()
         bad = ~torch.isfinite(loss) | (loss > self.cfg.diverge_loss)

@@ -1,11 +1,38 @@
-# Per study: every run's Parquet -> results/<study>/{summary,metrics}.parquet, then the
-# paper's claims checked on them -> results/<study>/claims.parquet.  Light work that reads
-# many small files: it runs where Snakemake runs, not as cluster jobs.
+# Per study: the base runs' first look at the claims decides which runs get more seeds (a
+# checkpoint: results/<study>/topup.json), those runs train, then every run's Parquet ->
+# results/<study>/{summary,metrics}.parquet, and the paper's claims checked on them ->
+# results/<study>/claims.parquet.  Light work that reads many small files: it runs where
+# Snakemake runs, not as cluster jobs.
+
+
+checkpoint topup:
+    input:
+        lambda w: PIPE.markers(w.study, topup=False),
+    output:
+        f"{RESULTS}/{{study}}/topup.json",
+    log:
+        f"{LOGS}/topup/{{study}}.log",
+    localrule: True
+    conda:
+        ENV
+    params:
+        summaries=lambda w: PIPE.base_files(w.study, "summary"),
+        metrics=lambda w: PIPE.base_files(w.study, "metrics"),
+        max_seeds=lambda w: PIPE.studies[w.study].max_seeds,
+    script:
+        "../scripts/topup.py"
+
+
+def topup_markers(wildcards):
+    """The packs of the runs the adaptive stage added (known once its checkpoint ran)."""
+    checkpoints.topup.get(study=wildcards.study)
+    return PIPE.load_topup(wildcards.study)
 
 
 rule aggregate:
     input:
-        lambda w: PIPE.markers(w.study),
+        lambda w: PIPE.markers(w.study, topup=False),
+        topup_markers,
     output:
         summary=f"{RESULTS}/{{study}}/summary.parquet",
         metrics=f"{RESULTS}/{{study}}/metrics.parquet",
@@ -25,6 +52,7 @@ rule claims:
     input:
         summary=f"{RESULTS}/{{study}}/summary.parquet",
         metrics=f"{RESULTS}/{{study}}/metrics.parquet",
+        topup=f"{RESULTS}/{{study}}/topup.json",
     output:
         f"{RESULTS}/{{study}}/claims.parquet",
     log:

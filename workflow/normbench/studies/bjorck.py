@@ -91,11 +91,12 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
 
 CLAIMS = (
     Claim("explodes_without_bn", "Without BN the loss explodes along the gradient at small steps early in "
-          "training (relative loss above 1e6 from α ≈ 3e-3)", "Bjorck et al. 2018, relative loss in the first mini-batches", _explodes_without_bn),
+          "training (relative loss above 1e6 from α ≈ 3e-3)", "Bjorck et al. 2018, relative loss in the first mini-batches",
+          _explodes_without_bn, arm=lambda s: s.norm_type == "none"),
     Claim("tame_with_bn", "With BN the relative loss stays small (at most ≈ 3) for steps up to α = 0.1",
-          "Bjorck et al. 2018, relative loss in the first mini-batches", _tame_with_bn),
+          "Bjorck et al. 2018, relative loss in the first mini-batches", _tame_with_bn, arm=lambda s: s.norm_type == "bn"),
     Claim("activations_grow", "Without BN the activations grow with depth (orders of magnitude)",
-          "Bjorck et al. 2018, activations by depth without BN", _activations_grow),
+          "Bjorck et al. 2018, activations by depth without BN", _activations_grow, arm=lambda s: s.norm_type == "none"),
 )
 STUDY = Study("bjorck", "Understanding BN", "Bjorck et al. 2018", build, claims=CLAIMS,
               question="How far can one step along the gradient go, and how do activations grow with depth, with and without "

@@ -48,18 +48,26 @@ def _sigmoid_claim(s, m) -> Evidence:
 
 def _after_vs_before(s, m) -> Evidence:
     """caffenet-benchmark's headline rows have no affine step (Caffe's BN layer has none); the
-    difference with scale&bias is measured too and stated beside it, whatever its sign."""
+    difference with scale&bias is measured too and stated beside it, whatever its sign.  Decided on the
+    test log loss, which caffenet's table reports beside accuracy: on 360 test images an accuracy
+    difference moves in steps of 1/360 and its seed-to-seed spread is as large as the ~0.02 edge (a
+    verdict that needed 20 seeds and still followed the seed list); the log loss reads the same
+    predictions continuously (measured: the edge ~4× its spread).  The accuracy difference is beside."""
     conv, _ = _arms(s)
     ref = R.CAFFENET_PLACEMENT.values
 
-    def diff(suffix):
-        return A.paired(conv, "final_test_acc", "variant", f"BN after ReLU{suffix}", f"BN before ReLU{suffix}", ["seed"])
+    def diff(value, suffix, sign=1):
+        d = A.paired(conv, value, "variant", f"BN before ReLU{suffix}", f"BN after ReLU{suffix}", ["seed"])
+        return sign * d
 
-    ev = greater(diff(""), f"test accuracy, BN after − before ReLU (caffenet: "
-                           f"{ref['BN after ReLU'][0] - ref['BN before ReLU'][0]:+.3f})", ".4f")
-    affine = greater(diff(" + scale&bias"), "with scale&bias (caffenet: {:+.3f})".format(
-        ref["BN after ReLU + scale&bias"][0] - ref["BN before ReLU + scale&bias"][0]), ".4f")
-    ev.measured += f"; {affine.measured}, {affine.verdict}"
+    ev = greater(diff("final_test_loss", ""), f"test log loss, BN before − after ReLU (caffenet: "
+                                             f"{ref['BN before ReLU'][1] - ref['BN after ReLU'][1]:+.2f})", ".4f")
+    acc = greater(diff("final_test_acc", "", -1), f"test accuracy, after − before (caffenet: "
+                                                  f"{ref['BN after ReLU'][0] - ref['BN before ReLU'][0]:+.3f})", ".4f")
+    affine = greater(diff("final_test_loss", " + scale&bias"), "with scale&bias, log loss before − after "
+                     "(caffenet: {:+.2f})".format(ref["BN before ReLU + scale&bias"][1]
+                                                  - ref["BN after ReLU + scale&bias"][1]), ".4f")
+    ev.measured += f"; {acc.measured}, {acc.verdict}; {affine.measured}, {affine.verdict}"
     return ev
 
 
@@ -123,10 +131,13 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
 
 CLAIMS = (
     Claim("sigmoid_trains", "BN lets a sigmoid net with small Gaussian init train where the same net without BN "
-          "does not", "Ioffe & Szegedy 2015, §4.1, Fig. 1(a)", _sigmoid_claim),
-    Claim("after_relu", "BN after ReLU beats BN before ReLU (caffenet-benchmark's table: no affine step, as "
-          "Caffe's BN layer; the difference with scale&bias stated beside it)",
-          "caffenet-benchmark, batchnorm.md (0.499 vs 0.474; with scale&bias 0.493 vs 0.478)", _after_vs_before),
+          "does not", "Ioffe & Szegedy 2015, §4.1, Fig. 1(a)", _sigmoid_claim,
+          arm=lambda s: (s.model_type == SIGMOID_ARM) & (s.activation == "sigmoid")),
+    Claim("after_relu", "BN after ReLU beats BN before ReLU: a lower test log loss (caffenet-benchmark's table: "
+          "no affine step, as Caffe's BN layer; accuracy and the difference with scale&bias stated beside it)",
+          "caffenet-benchmark, batchnorm.md (log loss 2.21 vs 2.35, accuracy 0.499 vs 0.474; with scale&bias "
+          "2.24 vs 2.33)", _after_vs_before,
+          arm=lambda s: (s.model_type != SIGMOID_ARM) & (s.norm_type == "bn") & (s.activation == "relu")),
 )
 STUDY = Study("bn_placement", "BN before vs after the nonlinearity", "ducha-aiki/caffenet-benchmark; Ioffe & Szegedy 2015", build, claims=CLAIMS,
               question="Does BN work better before or after the activation, with or without its affine parameters, and does "

@@ -9,7 +9,7 @@ import pandas as pd
 from .. import analysis as A
 from .. import plots as P
 from .. import references as R
-from ..claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Claim, Evidence
+from ..claims import Claim, Evidence, at_most, inside
 from ..report import Report, describe
 from ..study import Study
 
@@ -31,17 +31,8 @@ def _init_stds(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
 
 
 def _bounded(values, lo: float, hi: float, what: str) -> Evidence:
-    """Every seed's value inside [lo, hi], judged by the t-interval of the seeds' values."""
-    mean, ilo, ihi = A.t_interval(values)
-    n = int(np.isfinite(np.asarray(values, float)).sum())
-    text = f"{what}: {mean:.3g} [{ilo:.3g}, {ihi:.3g}] over {n} seeds (bound [{lo:.3g}, {hi:.3g}])"
-    if n < 2:
-        return Evidence(INCONCLUSIVE, text, mean, ilo, ihi, n, "fewer than two seeds")
-    if lo <= ilo and ihi <= hi:
-        return Evidence(REPRODUCED, text, mean, ilo, ihi, n)
-    if ihi < lo or ilo > hi:
-        return Evidence(NOT_REPRODUCED, text, mean, ilo, ihi, n)
-    return Evidence(INCONCLUSIVE, text, mean, ilo, ihi, n, "the interval crosses the bound")
+    """The seeds' values inside [lo, hi], judged by their interval (``claims.inside``)."""
+    return inside(values, lo, hi, what, ".3g", min_n=2)
 
 
 def _bn_relu_std(s, m) -> Evidence:
@@ -50,7 +41,8 @@ def _bn_relu_std(s, m) -> Evidence:
     d = _init_stds(s, m)
     d = d[(d.norm_type == "bn") & (d.placement == "pre") & (d.activation == "relu")]
     worst = d.assign(dev=(d.value / target - 1).abs()).groupby("seed").dev.max()
-    return _bounded(worst.values, 0.0, 0.1, f"largest |std/{target:.3f} − 1| over {d.depth.nunique()} layers")
+    return at_most(worst.values, 0.1, f"largest |std/{target:.3f} − 1| over {d.depth.nunique()} layers", ".3g",
+                   min_n=2)
 
 
 def _depth_ratio(s, m, init: str) -> pd.Series:
@@ -95,11 +87,13 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
 
 CLAIMS = (
     Claim("bn_relu_std", "With BN before ReLU the activation std is √(½ − 1/2π) ≈ 0.584 at every depth",
-          "Ioffe & Szegedy 2015, §3 (normalized pre-activations)", _bn_relu_std),
+          "Ioffe & Szegedy 2015, §3 (normalized pre-activations)", _bn_relu_std,
+          arm=lambda s: (s.norm_type == "bn") & (s.placement == "pre")),
     Claim("default_vanishes", "Without normalization, default (PyTorch) init makes the activations vanish "
-          "with depth", "He et al. 2015, §2.2", _default_vanishes),
+          "with depth", "He et al. 2015, §2.2", _default_vanishes,
+          arm=lambda s: (s.norm_type == "none") & (s.init == "default")),
     Claim("kaiming_holds", "Kaiming init keeps the activation scale through depth (within 10× over 100 layers)",
-          "He et al. 2015, §2.2, Fig. 2", _kaiming_holds),
+          "He et al. 2015, §2.2, Fig. 2", _kaiming_holds, arm=lambda s: (s.norm_type == "none") & (s.init == "kaiming")),
 )
 STUDY = Study("depth_stats", "Activations through depth", "He et al. 2015; Ioffe & Szegedy 2015", build, claims=CLAIMS,
               question="How does the activation scale change through a 100-layer MLP: default init, Kaiming init, "

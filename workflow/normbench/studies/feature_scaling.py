@@ -12,6 +12,7 @@ from .. import analysis as A
 from .. import plots as P
 from .. import references as R
 from ..claims import Claim, Evidence, every, exact, greater
+from ..intervals import SIGN
 from ..report import Report
 from ..runners.linear_gd import design, loss
 from ..study import Study
@@ -45,10 +46,10 @@ def _cond_claim(s, m) -> Evidence:
                                                f"{cond[STD]:.3g}", float(np.log10(cond[RAW] / cond[STD])))]
     for lr, g in s.groupby("lr"):
         budget = g.steps.max()
-        conv = g.assign(to=g.steps_to_target.fillna(budget))  # never converged: the budget, a lower bound
+        conv = g.assign(to=g.steps_to_target.fillna(np.inf))  # never converged: censored at the budget
         parts.append(greater(A.paired(conv, "to", "norm_type", RAW, STD, ["seed"]),
-                             f"step {lr:g}×2/λmax: GD steps to converge, raw − standardized (raw capped at "
-                             f"its {int(budget)}-step budget)", ".0f"))
+                             f"step {lr:g}×2/λmax: GD steps to converge, raw − standardized (∞: not converged in "
+                             f"its {int(budget)}-step budget)", ".0f", test=SIGN))
     return every(parts)
 
 

@@ -62,7 +62,7 @@ def _does_not_rise(norm: str, name: str):
     trains it at both.  One-sided: under the fixed-epoch protocol a smaller batch takes more steps, so an
     unchanged normalizer may end better there (the two-sided change is in the measured text)."""
     def check(s, m) -> Evidence:
-        s = s.assign(label=s.apply(label, axis=1)) if len(s) else s.assign(label=[])
+        s = _with_labels(s)
         parts = []
         for model, g in s[s.label == norm].groupby("model"):
             if g.batch_size.nunique() < 2:
@@ -82,6 +82,25 @@ def _gn_beats_bn(s, m) -> Evidence:
                    f"test error (points) at batch {small}, BN − GN", ".2f")
 
 
+def _with_labels(s: pd.DataFrame) -> pd.DataFrame:
+    return s.assign(label=s.apply(label, axis=1)) if len(s) else s.assign(label=[])
+
+
+def _large_batch_twins(s: pd.DataFrame, norm: str) -> list[tuple[str, pd.DataFrame, pd.DataFrame]]:
+    """Per model that trains ``norm``: (model, its runs at its smallest batch, BN's runs at BN's largest
+    batch on the same net, Weight Standardization aside)."""
+    s = _with_labels(s)
+    out = []
+    for model, g in s[s.label == norm].groupby("model"):
+        small, _ = _ends(g)
+        opts = {k: v for k, v in json.loads(g.model_options.iloc[0]).items() if k != "weight_std"}
+        twin = s[(s.model_type == g.model_type.iloc[0]) & (s.label == "bn") & s.model_options.map(
+            lambda o: {k: v for k, v in json.loads(o).items() if k != "weight_std"} == opts)]
+        if not twin.empty:
+            out.append((model, g[g.batch_size == small], twin[twin.batch_size == twin.batch_size.max()]))
+    return out
+
+
 def _matches_large_batch_bn(norm: str, name: str):
     """A batch-independent normalizer trained with the smallest batch per worker matches (or beats) BN
     trained with the largest, on the same net (WS aside): per seed, its error at the smallest batch
@@ -89,22 +108,32 @@ def _matches_large_batch_bn(norm: str, name: str):
     a normalizer that is unstable at the large batch's lr (EvoNorm-S0 was, in 2 of 5 seeds) would
     otherwise pass or fail on that instability, not on how it holds up at small batches."""
     def check(s, m) -> Evidence:
-        s = s.assign(label=s.apply(label, axis=1)) if len(s) else s.assign(label=[])
         parts = []
-        for model, g in s[s.label == norm].groupby("model"):
-            small, _ = _ends(g)
-            opts = {k: v for k, v in json.loads(g.model_options.iloc[0]).items() if k != "weight_std"}
-            twin = s[(s.model_type == g.model_type.iloc[0]) & (s.label == "bn") & s.model_options.map(
-                lambda o: {k: v for k, v in json.loads(o).items() if k != "weight_std"} == opts)]
-            if twin.empty:
-                continue
-            large = int(twin.batch_size.max())
-            ours = _errors(g[g.batch_size == small]).set_index("seed").test_err
-            bn = _errors(twin[twin.batch_size == large]).set_index("seed").test_err
-            parts.append(at_most((ours - bn).dropna(), FLAT, f"{model}: test error (points), {name} at batch "
-                                                             f"{small} − BN at batch {large}", ".2f"))
+        for model, ours, bn in _large_batch_twins(s, norm):
+            ours_err, bn_err = _errors(ours).set_index("seed").test_err, _errors(bn).set_index("seed").test_err
+            parts.append(at_most((ours_err - bn_err).dropna(), FLAT, f"{model}: test error (points), {name} at batch "
+                                                                     f"{int(ours.batch_size.iloc[0])} − BN at batch "
+                                                                     f"{int(bn.batch_size.iloc[0])}", ".2f"))
         return every(parts)
     return check
+
+
+def _twins_arm(norm: str):
+    def arm(s: pd.DataFrame) -> pd.Series:
+        rows = [i for _, ours, bn in _large_batch_twins(s, norm) for i in (*ours.index, *bn.index)]
+        return pd.Series(s.index.isin(rows), index=s.index)
+    return arm
+
+
+def _primary_arm(norms: tuple[str, ...], smallest: bool = False):
+    """The main table's runs of these norm types (at its smallest batch only, with ``smallest``)."""
+    def arm(s: pd.DataFrame) -> pd.Series:
+        main = primary(s)
+        main = main[main.norm_type.isin(norms)]
+        if smallest and len(main):
+            main = main[main.batch_size == main.batch_size.min()]
+        return pd.Series(s.index.isin(main.index), index=s.index)
+    return arm
 
 
 def error_table(s: pd.DataFrame) -> pd.DataFrame:
@@ -217,21 +246,21 @@ def build(s: pd.DataFrame, m: pd.DataFrame) -> Report:
 
 CLAIMS = (
     Claim("bn_rises", "BN's error rises as the batch per worker shrinks", "Wu & He 2018, Fig. 1 / Table 2",
-          _bn_rises),
+          _bn_rises, arm=_primary_arm(("bn",))),
     Claim("gn_flat", f"GN's error does not rise as the batch shrinks (by at most {FLAT} points; one-sided: the "
           f"smaller batch takes more steps in the same epochs)", "Wu & He 2018, Fig. 1 / Table 2",
-          _does_not_rise("gn", "GN")),
+          _does_not_rise("gn", "GN"), arm=lambda s: _with_labels(s).label == "gn"),
     Claim("gn_beats_bn", "GN beats BN at the smallest batch", "Wu & He 2018, Fig. 1 (batch 2: 24.1 vs 34.7)",
-          _gn_beats_bn),
+          _gn_beats_bn, arm=_primary_arm(("bn", "gn"), smallest=True)),
     Claim("frn_holds", f"FRN at the smallest batch per worker matches BN at the largest (error at most {FLAT} "
           f"points above BN's)", "Singh & Krishnan 2020, abstract, Fig. 1 (FRN beats BN at every batch size)",
-          _matches_large_batch_bn("frn", "FRN")),
+          _matches_large_batch_bn("frn", "FRN"), arm=_twins_arm("frn")),
     Claim("evonorm_s0_holds", f"EvoNorm-S0 at the smallest batch per worker matches BN at the largest (error at "
-          f"most {FLAT} points above BN's)", "Liu et al. 2020, abstract", _matches_large_batch_bn("evonorm_s0",
-                                                                                                 "EvoNorm-S0")),
+          f"most {FLAT} points above BN's)", "Liu et al. 2020, abstract",
+          _matches_large_batch_bn("evonorm_s0", "EvoNorm-S0"), arm=_twins_arm("evonorm_s0")),
     Claim("ws_gn_matches_bn", f"GN with Weight Standardization at the smallest batch per worker matches BN at "
           f"the largest (error at most {FLAT} points above BN's)", "Qiao et al. 2019, abstract",
-          _matches_large_batch_bn("GN+WS", "GN+WS")),
+          _matches_large_batch_bn("GN+WS", "GN+WS"), arm=_twins_arm("GN+WS")),
 )
 STUDY = Study("gn_small_batch", "Group Norm at small batches", "Wu & He 2018; FRN, EvoNorm, WS", build, claims=CLAIMS,
               question="BN's error grows as the batch shrinks; does GN's, and do the batch-independent normalizers "
