@@ -73,13 +73,16 @@ def test_each_claim_of_the_partial_study_is_decided_or_says_what_is_missing(repo
     # decided from the BN runs that finished: BN's error by batch (a verdict with its numbers)
     s = read_finished(half, "gn_small_batch", read_plan(half)).summary
     assert set(s.norm) == {"bn"} and len(s) == 6
-    rows = {r[0]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in
-                              md[md.index("## Claims"):].splitlines()[4:] if line.startswith("|"))}
-    assert "over 3 seed pairs" in rows["BN's error rises as the batch per worker shrinks"][3]
+    lines = [line for line in md[md.index("## Claims"):].splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {r["claim"]: r for r in (dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+                                    for line in lines[2:])}
+    bn = rows["BN's error rises as the batch per worker shrinks"]
+    assert "over 3 seeds" in bn["measured"] and bn["runs"] == "6"  # decided from the BN runs that finished
     # the claim that cannot read its GN arm: inconclusive, saying so, and the report still written
-    _, _, verdict, measured, why = rows["GN's share of failed runs"]
-    assert verdict == INCONCLUSIVE and measured == "not measurable on the runs that finished"
-    assert why.startswith("its arms lack finished runs (norm gn): ZeroDivisionError")
+    row = rows["GN's share of failed runs"]
+    assert row["verdict"] == INCONCLUSIVE and row["measured"] == "not measurable on the runs that finished"
+    assert row["why / caveat"].startswith("its arms lack finished runs (norm gn): ZeroDivisionError")
     # results/<study>/claims.parquet stays the finished pipeline's: only the complete study wrote one
     assert (half / "lr_bs_sweep/claims.parquet").exists() and not (half / "gn_small_batch/claims.parquet").exists()
 
@@ -130,11 +133,12 @@ def test_missing_arms_names_the_grid_values_without_a_finished_run(half):
                                               "relu; batch_size 2, 8; lr 0.05; seed 0, 1, 2")
 
 
-def test_a_claims_run_count_is_shown_where_claims_give_it():
+def test_each_claims_run_count_is_shown():
     claims = pd.DataFrame([{"study": "s", "claim": "c", "statement": "x", "source": "y", "verdict": INCONCLUSIVE,
-                            "measured": "m", "estimate": 1.0, "lo": 0.0, "hi": 2.0, "n": 3, "note": None}])
-    assert "runs" not in claims_table(claims)
-    assert claims_table(claims.assign(runs=6))["runs"].tolist() == [6]
+                            "measured": "m", "estimate": 1.0, "lo": 0.0, "hi": 2.0, "n": 3, "note": None, "test": "t",
+                            "level": 0.95, "runs": 6, "seeds": 3, "seeds_added": 0, "look": 1, "needed": None}],
+                          columns=CLAIMS_SCHEMA.names)
+    assert claims_table(claims)["runs"].tolist() == [6]
 
 
 def test_report_command_on_a_folder_without_a_plan(half, tmp_path, capsys):

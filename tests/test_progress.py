@@ -226,3 +226,41 @@ def test_status_reads_the_runs_from_a_config_when_asked(tmp_path, capsys, monkey
     rows = {line.split()[0]: line.split() for line in out.splitlines()[2:6]}
     assert rows["lr_bs_sweep"][1:] == ["0", "0", "12", "12", duration(12 * mean / 3)]
     assert rows["bn_placement"][1:] == ["6", "0", "0", "6", "–"]
+
+
+def test_the_runs_the_adaptive_stage_adds_join_the_count_once_decided(tmp_path):
+    """topup.json (the adaptive stage's decision, written after the plan) adds its runs to the live count,
+    to `normbench status` and to the partial reports' plan, from the config in the plan's footer."""
+    import json as js
+
+    from normbench import topup
+    from normbench.pipeline import aggregate_study
+    from normbench.runstate import read_finished, with_topups
+
+    results = tmp_path / "results"
+    pipe = trees.planned(results)
+    live = trees.pipeline(results)  # what the launcher holds
+    t = Tracker(read_plan(results), results, grow=lambda p: with_topups(results, p, live))
+    assert t.counts()["gn_small_batch"] == (0, 12) and len(read_plan(results)) == 30
+    trees.train(pipe, "gn_small_batch")
+    t.poll()
+    assert t.counts()["gn_small_batch"] == (12, 12)
+    base = read_finished(results, "gn_small_batch", read_plan(results)).summary
+    added = [{k: r[k] for k in topup.KEY} | {"seed": seed} for _, r in base[base.norm == "bn"].drop_duplicates(
+        topup.KEY).iterrows() for seed in (3, 4)]
+    topup.write({"study": "gn_small_batch", "max_seeds": 5, "claims": {}, "runs": added},
+                results / "gn_small_batch/topup.json")
+    t.poll()
+    assert t.counts()["gn_small_batch"] == (12, 16) and t.counts()["lr_bs_sweep"] == (0, 12)
+    plan = read_plan(results)
+    assert len(plan) == 34 and set(plan[plan.pack.str.startswith("topup/")].path.str[-6:]) == {"seed~3", "seed~4"}
+    assert [js.loads(c)["seed"] for c in plan[plan.pack.str.startswith("topup/")].config] == [3, 4, 3, 4]
+    pipe.load_topup("gn_small_batch")
+    for pack in pipe.packs("gn_small_batch"):
+        if pack.startswith("topup/"):
+            trees.train(pipe, "gn_small_batch", [pack])
+    t.poll()
+    assert t.counts()["gn_small_batch"] == (16, 16)
+    aggregate_study(pipe, "gn_small_batch")
+    r = read_finished(results, "gn_small_batch", read_plan(results))
+    assert r.aggregated and r.done == r.expected == 16 and sorted(set(r.summary.seed)) == [0, 1, 2, 3, 4]

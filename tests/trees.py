@@ -26,8 +26,12 @@ TINY = {"device": "cpu", "threads": 1, "models": {"tiny": {"type": "vgg", "optio
                                       "seed": [0, 1, 2]}}}}
 
 
+def checked(results: Path, config: dict = TINY) -> dict:
+    return config_file.load({**config, "results": str(results)})
+
+
 def pipeline(results: Path, config: dict = TINY) -> Pipeline:
-    return Pipeline.from_config(config_file.load({**config, "results": str(results)}), str(results))
+    return Pipeline.from_config(checked(results, config), str(results))
 
 
 def train(pipe: Pipeline, study: str, packs: list[str] | None = None, env: dict | None = None) -> None:
@@ -51,7 +55,7 @@ def train(pipe: Pipeline, study: str, packs: list[str] | None = None, env: dict 
 def planned(results: Path, config: dict = TINY) -> Pipeline:
     """The pipeline with its plan written, as Snakemake's start writes it."""
     pipe = pipeline(results, config)
-    write_plan(pipe)
+    write_plan(pipe, checked(results, config))
     return pipe
 
 

@@ -121,17 +121,19 @@ def option_value(extra: list[str], *names: str) -> str | None:
 
 def tracker(config: dict, extra: list[str]):
     """The progress tracker of the runs this Snakemake call works on: the config's runs (read without the
-    runners' checks, which Snakemake makes), only the studies a target names if targets name studies."""
+    runners' checks, which Snakemake makes), only the studies a target names if targets name studies, and
+    the runs each study's adaptive stage adds once it has decided."""
     from .pipeline import Pipeline
     from .progress import Tracker
-    from .runstate import plan_table
+    from .runstate import plan_table, with_topups
 
     pipe = Pipeline.from_config(config, check_files=False, check_runs=False)
     plan = plan_table(pipe)
     named = {s for s in pipe.studies for a in extra if a.startswith(f"{pipe.results}/{s}/")}
     if named:
         plan = plan[plan.study.isin(named)]
-    return Tracker(plan, Path(option_value(extra, "--directory", "-d") or ".") / pipe.results)
+    results = Path(option_value(extra, "--directory", "-d") or ".") / pipe.results
+    return Tracker(plan, results, grow=lambda p: with_topups(results, p, pipe))
 
 
 def terminal_width() -> int:

@@ -258,14 +258,14 @@ class Pipeline:
     def topup_file(self, study: str) -> str:
         return f"{self.results}/{study}/topup.json"
 
-    def load_topup(self, study: str) -> list[str]:
+    def load_topup(self, study: str, decision: dict | None = None) -> list[str]:
         """Add the runs of the study's adaptive-stage decision (once; its file must exist: the checkpoint
-        wrote it) and return their pack markers."""
+        wrote it; or ``decision``, read from a results folder elsewhere) and return their pack markers."""
         from . import topup
 
         st = self.studies[study]
         if not st.topup_loaded:
-            decision = topup.read(self.topup_file(study))
+            decision = decision or topup.read(self.topup_file(study))
             if decision is None:
                 raise FileNotFoundError(f"{self.topup_file(study)}: the adaptive stage of {study} has not run")
             st.add_runs(pd.DataFrame(decision["runs"], columns=GRID_COLUMNS))

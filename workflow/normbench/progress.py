@@ -41,19 +41,34 @@ def duration(seconds: float | None) -> str:
 class Tracker:
     """The runs of a plan (``runstate.plan_table``) under ``results``, counted as they finish."""
 
-    def __init__(self, plan: pd.DataFrame, results: str | Path, clock: Callable[[], float] = time.monotonic):
-        self.plan = plan.reset_index(drop=True)
-        self.files = [run_files(results, s, p)["summary"] for s, p in zip(self.plan.study, self.plan.path)]
+    def __init__(self, plan: pd.DataFrame, results: str | Path, clock: Callable[[], float] = time.monotonic,
+                 grow: Callable[[pd.DataFrame], pd.DataFrame] | None = None):
+        """``grow``: the plan with the runs a study's adaptive stage added (``runstate.with_topups``), asked
+        for once the study's ``topup.json`` appears."""
+        self.results, self.grow, self._grown = Path(results), grow, set()
+        self.plan = plan.iloc[:0]
+        self.files, self.done, self.now, self.wall = [], [], [], []  # finished; during this session; wall time
+        self._extend(plan)
         self.studies = list(dict.fromkeys(self.plan.study))
-        n = len(self.plan)
-        self.done, self.now = [False] * n, [False] * n  # finished; finished during this session
-        self.wall = [math.nan] * n
         self._seen: dict[int, tuple[int, int]] = {}  # run -> (mtime, size) of its summary when last read
         self.clock, self.t0 = clock, clock()
         self.poll(session=False)  # what earlier sessions finished
 
+    def _extend(self, plan: pd.DataFrame) -> None:
+        """Take ``plan``: the runs it has beyond those tracked (appended after them) join, not yet done."""
+        added = plan.iloc[len(self.plan):]
+        self.plan = plan.reset_index(drop=True)
+        self.files += [run_files(self.results, s, p)["summary"] for s, p in zip(added.study, added.path)]
+        self.done += [False] * len(added)
+        self.now += [False] * len(added)
+        self.wall += [math.nan] * len(added)
+
     def poll(self, session: bool = True) -> int:
         """Look for newly finished runs; how many there were."""
+        for study in self.studies if self.grow else ():
+            if study not in self._grown and (self.results / study / "topup.json").exists():
+                self._grown.add(study)
+                self._extend(self.grow(self.plan))
         new = 0
         for i, f in enumerate(self.files):
             if self.done[i]:

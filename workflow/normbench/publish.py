@@ -134,10 +134,8 @@ def write_index(out_dir, studies: list[str], claims_paths: list, smoke: bool = F
     table = pd.DataFrame({"study": [f"[{s}]({s}/README.md)" + (" (partial)" if s in partial else "")
                                     for s in claims.study],
                           "claim": claims.statement, "source": claims.source, "verdict": claims.verdict,
-                          "estimate [interval]": estimate, "test": test_text(claims), "seeds": seeds_text(claims),
-                          "why / caveat": claims.note.fillna("")})
-    if "runs" in claims:  # how many runs of its arm each claim read
-        table.insert(6, "runs", claims["runs"])
+                          "estimate [interval]": estimate, "runs": claims["runs"], "test": test_text(claims),
+                          "seeds": seeds_text(claims), "why / caveat": claims.note.fillna("")})
     lines = ["# normbench reports" + (" — partial results" if partial else ""), ""]
     if partial:
         done = sum(i.get("runs", 0) for i in info.values())

@@ -137,12 +137,10 @@ def test_text(claims: pd.DataFrame) -> pd.Series:
 
 
 def claims_table(claims: pd.DataFrame) -> pd.DataFrame:
-    table = pd.DataFrame({"claim": claims.statement, "source": claims.source, "verdict": claims.verdict,
-                          "measured": claims.measured, "test": test_text(claims), "seeds": seeds_text(claims),
-                          "why / caveat": claims.note.fillna("")})
-    if "runs" in claims:  # how many runs of its arm each claim read
-        table.insert(4, "runs", claims["runs"])
-    return table
+    # runs: how many runs of its arm each claim read (from partial results, fewer than planned)
+    return pd.DataFrame({"claim": claims.statement, "source": claims.source, "verdict": claims.verdict,
+                         "measured": claims.measured, "runs": claims["runs"], "test": test_text(claims),
+                         "seeds": seeds_text(claims), "why / caveat": claims.note.fillna("")})
 
 
 def claims_markdown(claims: pd.DataFrame) -> str:

@@ -1,7 +1,9 @@
 """The runs a results folder should hold (its plan) and how far it got.
 
 The pipeline writes its plan, ``<results>/plan.parquet`` (every run of every enabled study, with its
-pack, settings and settings fingerprint), when Snakemake starts working; the folder then tells on its
+pack, settings and settings fingerprint; the config in its footer), when Snakemake starts working; the
+runs the adaptive stage adds later (``<results>/<study>/topup.json``) join it as they are decided
+(``with_topups``).  The folder then tells on its
 own -- wherever it was copied, without the config -- which runs are **done** (the summary exists and
 its footer records the planned settings: the test ``Job.done`` applies before training), which a
 checkpoint would **resume**, and which are **pending**.  ``normbench status``, the progress of
@@ -36,10 +38,15 @@ PLAN_SCHEMA = pa.schema([
 DONE, RESUMABLE, PENDING = "done", "resumable", "pending"
 
 
-def plan_table(pipe) -> pd.DataFrame:
-    """Every run of a ``pipeline.Pipeline``, study by study in config order."""
+CONFIG_KEY = "normbench.config"  # the plan's footer: the checked config it was made from
+
+
+def plan_table(pipe, studies: list[str] | None = None) -> pd.DataFrame:
+    """Every run of a ``pipeline.Pipeline`` (of ``studies``: all by default), study by study in config order."""
     rows = []
     for study, st in pipe.studies.items():
+        if studies is not None and study not in studies:
+            continue
         for pack, idx in pipe.packs(study).items():
             for i, job in zip(idx, pipe.pack_jobs(study, pack)):
                 cfg = job["config"]
@@ -49,16 +56,50 @@ def plan_table(pipe) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PLAN_SCHEMA.names)
 
 
-def write_plan(pipe) -> Path:
+def write_plan(pipe, config: dict) -> Path:
+    """``config``: the checked config ``pipe`` was made from (kept in the footer: the adaptive stage's runs
+    are added from it once decided)."""
     path = Path(pipe.results) / PLAN_FILE
-    write_parquet(plan_table(pipe), path, PLAN_SCHEMA)
+    write_parquet(plan_table(pipe), path, PLAN_SCHEMA, {CONFIG_KEY: json.dumps(config, default=str)})
     return path
 
 
 def read_plan(results: str | Path) -> pd.DataFrame | None:
-    """The plan of a results folder; None if it has none (written before plans were)."""
+    """The plan of a results folder, with the adaptive stage's runs decided since; None if it has none
+    (written before plans were)."""
     path = Path(results) / PLAN_FILE
-    return read_parquet(path, PLAN_SCHEMA) if path.exists() else None
+    return with_topups(results, read_parquet(path, PLAN_SCHEMA)) if path.exists() else None
+
+
+def plan_pipeline(results: str | Path):
+    """The pipeline (unchecked: its runs only) of the config in a plan's footer; None without one."""
+    from .pipeline import Pipeline
+
+    config = read_metadata(Path(results) / PLAN_FILE, CONFIG_KEY)
+    return Pipeline.from_config(json.loads(config), check_files=False, check_runs=False) if config else None
+
+
+def with_topups(results: str | Path, plan: pd.DataFrame, pipe=None) -> pd.DataFrame:
+    """The plan and, for each study whose adaptive stage has decided since (its ``topup.json`` in
+    ``results``) and whose runs the plan lacks, the runs it added (from ``pipe``, by default the
+    plan's own config)."""
+    from . import topup
+    from .pipeline import TOPUP_PREFIX
+
+    parts = [plan]
+    for study in dict.fromkeys(plan.study):
+        if plan[plan.study == study].pack.str.startswith(TOPUP_PREFIX).any():
+            continue
+        decision = topup.read(Path(results) / study / "topup.json")
+        if not decision or not decision.get("runs"):
+            continue
+        pipe = pipe or plan_pipeline(results)
+        if pipe is None or study not in pipe.studies:
+            continue
+        pipe.load_topup(study, decision)
+        added = plan_table(pipe, [study])
+        parts.append(added[added.pack.str.startswith(TOPUP_PREFIX)])
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else plan
 
 
 def finished(summary: str | Path, fingerprint: str) -> float | None:

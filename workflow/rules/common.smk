@@ -88,7 +88,7 @@ def report_outputs(study):
 def pipeline_started():
     """The folder's plan first (every run of the config): `normbench status` and partial reports read it."""
     _STARTED.append(time.time())
-    write_plan(PIPE)
+    write_plan(PIPE, CONFIG)
 
 
 def pipeline_finished(wf):
