@@ -10,7 +10,7 @@ import pytest
 from normbench import analysis as A
 from normbench.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, every, greater, within
 from normbench.publish import build_study, check_claims, write_index
-from normbench.store import METRICS_SCHEMA, PARAM_COLUMNS, SUMMARY_SCHEMA, write_parquet
+from normbench.store import ENVIRONMENT_FIELDS, METRICS_SCHEMA, PARAM_COLUMNS, SUMMARY_SCHEMA, write_parquet
 from normbench.studies.bn_placement import placement_table, variant
 from normbench.studies.gn_small_batch import error_table
 from normbench.studies.santurkar import STUDY as SANTURKAR, by_phase, on_plateau
@@ -24,7 +24,8 @@ def runs(rows):
                 best_test_acc=0.5, final_train_loss=1.0, final_train_acc=0.5, diverged=False, diverged_step=None,
                 collapsed=False, chance_acc=0.1, steps=100, examples=3200, workers=1, target_acc=0.9,
                 steps_to_target=None, examples_to_target=None, wall_time_s=1.0, train_time_s=1.0, probe_time_s=0.0, probe_every=0,
-                compute_time_s=1.0, warmup_steps=0, num_params=10, device="cpu", torch_version="x", normbench_version="x", git_rev="x")
+                compute_time_s=1.0, warmup_steps=0, num_params=10, device="cpu", torch_version="x", normbench_version="x", git_rev="x",
+                **{n: None for n, _ in ENVIRONMENT_FIELDS})
     return pd.DataFrame([{**base, **r} for r in rows])
 
 

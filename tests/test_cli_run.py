@@ -73,3 +73,40 @@ def test_bad_config_override_is_one_clear_error_before_snakemake(snakemake_calls
     assert err.endswith("with --config device=gpu: device: 'gpu' is not valid; allowed: auto (CUDA if present), "
                         "cpu, cuda or cuda:N.")
     assert len(err.splitlines()) == 1
+
+
+def test_the_config_checked_is_the_one_snakemake_reads(snakemake_calls, tmp_path, capsys):
+    """Snakemake reads `config/config.yaml` from its working directory: that file is checked."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/config.yaml").write_text("device: gpu\nstudies: {}\n")
+    assert cli.main(["run", "--snakefile", str(ROOT / "Snakefile"), "-n"]) == 2 and snakemake_calls == []
+    assert capsys.readouterr().err.startswith("normbench: config error: config/config.yaml: ")
+
+
+def test_progress_follows_the_targeted_studies():
+    import trees
+    from normbench.config import load
+
+    config = load({**trees.TINY, "results": "res"})
+    assert set(launcher.tracker(config, []).studies) == {"lr_bs_sweep", "gn_small_batch", "bn_placement"}
+    assert launcher.tracker(config, ["--cores", "2", "res/gn_small_batch/summary.parquet"]).studies == ["gn_small_batch"]
+    t = launcher.tracker(config, ["--directory", "/elsewhere"])
+    assert str(t.files[0]).startswith("/elsewhere/res/lr_bs_sweep/runs/summary/model~tiny/")
+
+
+def test_in_a_terminal_snakemakes_lines_pass_above_the_bars(monkeypatch, capsys, tmp_path):
+    from normbench.progress import Tracker
+    from test_progress import fake_plan
+
+    monkeypatch.setattr(launcher, "tracker", lambda config, extra: Tracker(fake_plan([("a", "mlp", "r1")]), tmp_path))
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setattr(launcher, "terminal_width", lambda: 120)
+    rc = launcher.watched([sys.executable, "-c", "import sys; print('rule train:'); sys.exit(3)"], {}, [], 30.0)
+    err = capsys.readouterr().err
+    assert rc == 3  # Snakemake's exit status, through the pipe
+    assert "rule train:\n" in err and "\rall runs:   0%|" in err and "\r       a:   0%|" in err
+    assert err.splitlines()[-1].startswith("normbench: 0/1 runs finished (0%)")
+    monkeypatch.setattr(launcher, "terminal_width", lambda: 0)  # a terminal of no size: plain lines
+    rc = launcher.watched([sys.executable, "-c", "import sys; sys.exit(0)"], {}, [], 30.0)
+    assert rc == 0 and "\r" not in capsys.readouterr().err

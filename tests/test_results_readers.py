@@ -69,6 +69,37 @@ def test_every_reader_types_and_values_alike(results):
                     np.testing.assert_array_equal(got[col].to_numpy(float), ref[col].to_numpy(float), err_msg=name)
 
 
+def test_every_reader_types_where_each_run_ran_alike(results):
+    """The environment columns (normbench.provenance), from the aggregate and the run files; and the
+    folder's plan."""
+    from normbench.store import ENVIRONMENT_FIELDS
+
+    import torch
+
+    agg, glob = results / "lr_bs_sweep/summary.parquet", str(results / "lr_bs_sweep/runs/summary/**/*.parquet")
+    frames = {"pandas": pd.read_parquet(agg), "pandas (folder)": pd.read_parquet(results / "lr_bs_sweep/runs/summary"),
+              "pyarrow": ds.dataset(agg, format="parquet", partitioning="hive").to_table().to_pandas(),
+              "duckdb": duckdb.sql(f"select * from read_parquet('{glob}')").df(),
+              "polars": pl.read_parquet(glob).to_pandas()}
+    cols = [n for n, _ in ENVIRONMENT_FIELDS]
+    ref = frames["pandas"].sort_values(["batch_size", "lr", "seed"]).reset_index(drop=True)
+    assert str(ref.torch_threads.dtype) == "int64" and str(ref.git_dirty.dtype) == "bool"
+    assert set(ref.cpu_capability) == {torch.backends.cpu.get_cpu_capability()} and set(ref.torch_threads) == {1}
+    assert set(ref.device_type) == {"cpu"} and ref.gpu_name.isna().all() and ref.data_hash.nunique() == 1
+    for name, df in frames.items():
+        df = df.sort_values(["batch_size", "lr", "seed"]).reset_index(drop=True)
+        assert str(df.torch_threads.dtype) == "int64", name
+        assert str(df.git_dirty.dtype) == "bool" and df.git_dirty.tolist() == ref.git_dirty.tolist(), name
+        for c in cols:
+            if c not in ("torch_threads", "git_dirty"):
+                assert df[c].dtype == object or str(df[c].dtype).startswith("str"), (name, c, df[c].dtype)
+                assert df[c].fillna("").tolist() == ref[c].fillna("").tolist(), (name, c)
+    plan = results / "plan.parquet"
+    sizes = {len(pd.read_parquet(plan)), len(duckdb.sql(f"from '{plan}'").df()), len(pl.read_parquet(plan)),
+             ds.dataset(plan, format="parquet").count_rows()}
+    assert sizes == {12}
+
+
 def test_no_key_value_folders_for_readers_to_guess_types_from(results):
     assert not [p for p in results.rglob("*") if "=" in p.name]
 

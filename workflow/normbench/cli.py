@@ -1,13 +1,16 @@
 """normbench: what normalization layers do to training, measured.
 
 Commands: train one run, download a dataset, aggregate run files into per-study
-Parquet, rebuild the claims and reports from results, benchmark the training
-loop.  The whole pipeline runs through Snakemake (see the README).
+Parquet, rebuild the claims and reports from results (also from unfinished ones),
+run the pipeline with its progress, tell how far a results folder got, export
+runs to TensorBoard, benchmark the training loop.  The whole pipeline runs
+through Snakemake (see the README).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -89,7 +92,8 @@ def cmd_report(args) -> int:
 def cmd_run(args, extra: list[str]) -> int:
     from .launcher import run
 
-    return run(args.configfile, args.snakefile, extra, report=not args.no_report)
+    return run(args.configfile, args.snakefile, extra, report=not args.no_report,
+               progress_every=args.progress_every or None)
 
 
 def cmd_evaluate(args, extra: list[str]) -> int:
@@ -97,6 +101,35 @@ def cmd_evaluate(args, extra: list[str]) -> int:
 
     return run(args.norm, parse_options(args.options), args.configfile, args.snakefile, extra,
                report=not args.no_report)
+
+
+def cmd_status(args) -> int:
+    from .progress import status_text
+    from .runstate import plan_table, read_plan, tree_state
+
+    if args.configfile:
+        from .pipeline import load_pipeline
+
+        plan = plan_table(load_pipeline(args.configfile, check_files=False))
+    else:
+        plan = read_plan(args.results)
+        if plan is None:
+            raise ConfigError(f"{args.results}/plan.parquet is missing: no `normbench run` has started there (or it "
+                              f"was made before plans were written); pass --configfile to read the runs from the "
+                              f"config")
+    if plan.empty:
+        raise ConfigError(f"{args.results}: the plan holds no runs")
+    print(status_text(args.results, tree_state(args.results, plan), args.jobs, show=len(plan) if args.all else 10),
+          end="")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import tensorboard
+
+    for path in tensorboard(args.out, args.results):
+        print(path)
+    return 0
 
 
 def cmd_compare(args) -> int:
@@ -157,12 +190,32 @@ COMMANDS = {
                    _arg("--results", default="results", metavar="DIR", help="folder holding <study>/summary.parquet"),
                    _arg("--out", default="reports", metavar="DIR", help="where the reports go"),
                    _arg("studies", nargs="*", metavar="STUDY", help="studies to report (default: every one found)")]),
+    "status": (cmd_status, "runs done, resumable and pending in a results folder, and the time left",
+               "For a running or interrupted pipeline: per study the runs done, resumable from a checkpoint and "
+               "pending (from <results>/plan.parquet, written when the pipeline starts), the time left from the "
+               "measured run times, and the runs left by name.", [
+                   _arg("results", nargs="?", default="results", metavar="RESULTS", help="the results folder"),
+                   _arg("--configfile", metavar="FILE", help="read the planned runs from this config instead"),
+                   _arg("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                        help="runs at once for the time left (a local run uses every core)"),
+                   _arg("--all", action="store_true", help="list every run left (default: 10 per study)")]),
+    "export": (cmd_export, "write a results folder's runs for other tools (TensorBoard)",
+               "tensorboard: each run's scalars as TensorBoard event files under OUT/<study>/<run path>, and the "
+               "grid as HParams with each run's final metrics (`tensorboard --logdir OUT`: the HParams table and "
+               "parallel coordinates show the sweep). Reads the Parquet only; needs the tensorboard package "
+               "(`pip install normbench[tensorboard]`; the lock has it).", [
+                   _arg("format", choices=["tensorboard"], help="what to write"),
+                   _arg("out", metavar="OUT", help="the folder to write (TensorBoard's --logdir)"),
+                   _arg("--results", default="results", metavar="DIR", help="the results folder to read")]),
     "run": (cmd_run, "run the pipeline (Snakemake), resuming whatever a killed run left",
             "Check the config, then run the workflow with the default profile and build reports/report.html "
             "(<results>/reports/ beside another results folder, e.g. results-smoke/ for --config smoke=true). "
             "Any further arguments go to Snakemake (e.g. --cores 4, --profile workflow/profiles/slurm, -n, a "
             "target file).", [
                 _arg("--configfile", metavar="FILE", help="an experiment config (replaces the embedded default)"),
+                _arg("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                     help="runs finished out of the config's, and the time left: bars in a terminal, else a line "
+                          "this often (0: no progress display)"),
                 *WORKFLOW_ARGS]),
     "evaluate": (cmd_evaluate, "a report card for one normalizer beside bn, gn, ln and none",
                  "Add NORM beside the baselines (bn, gn, ln, none) to a battery of the studies (lr and batch "

@@ -5,13 +5,16 @@ takes a lock of its own so that two runs never share a working directory (the
 lock dies with its process, so a killed run leaves nothing that blocks the
 next), clears Snakemake's stale locks, runs the workflow with the default
 profile (``rerun-incomplete``: whatever a killed run left half-done is redone),
-then builds the self-contained HTML report.
+then builds the self-contained HTML report.  While Snakemake works, the runs
+finished out of the config's runs are shown (``normbench.progress``): bars in a
+terminal, a plain line every ``progress_every`` seconds otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import shutil
 import subprocess
 import sys
@@ -69,7 +72,10 @@ def check_config(configfile: str | None, snake: Path, extra: list[str]) -> dict:
 
     from .config import read_yaml
 
-    source = configfile or snake.parent / "config" / "config.yaml"
+    # Snakemake reads the Snakefile's `configfile: "config/config.yaml"` from its working directory
+    workdir = Path(option_value(extra, "--directory", "-d") or ".")
+    local = workdir / "config" / "config.yaml"
+    source = configfile or (local if local.exists() else snake.parent / "config" / "config.yaml")
     overrides = config_overrides(extra)
     if not overrides:
         return load(source)
@@ -99,8 +105,78 @@ def snakemake_command(snake: Path, configfile: str | None) -> list[str]:
     return base + (["--configfile", str(configfile)] if configfile else [])
 
 
+DRY_RUN = {"-n", "--dry-run", "--dryrun"}
+
+
+def option_value(extra: list[str], *names: str) -> str | None:
+    """The value of one of Snakemake's options among ``extra`` (``--opt V`` or ``--opt=V``), if given."""
+    for i, a in enumerate(extra):
+        for n in names:
+            if a == n and i + 1 < len(extra):
+                return extra[i + 1]
+            if a.startswith(n + "="):
+                return a.split("=", 1)[1]
+    return None
+
+
+def tracker(config: dict, extra: list[str]):
+    """The progress tracker of the runs this Snakemake call works on: the config's runs (read without the
+    runners' checks, which Snakemake makes), only the studies a target names if targets name studies, and
+    the runs each study's adaptive stage adds once it has decided."""
+    from .pipeline import Pipeline
+    from .progress import Tracker
+    from .runstate import plan_table, with_topups
+
+    pipe = Pipeline.from_config(config, check_files=False, check_runs=False)
+    plan = plan_table(pipe)
+    named = {s for s in pipe.studies for a in extra if a.startswith(f"{pipe.results}/{s}/")}
+    if named:
+        plan = plan[plan.study.isin(named)]
+    results = Path(option_value(extra, "--directory", "-d") or ".") / pipe.results
+    return Tracker(plan, results, grow=lambda p: with_topups(results, p, pipe))
+
+
+def terminal_width() -> int:
+    """Columns of the terminal on stderr (0: a terminal of no size, as some wrappers' pseudo-terminals
+    are, where bars would draw nothing: plain lines there)."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def watched(cmd: list[str], config: dict, extra: list[str], every: float) -> int:
+    """Snakemake with the runs' progress beside it.  In a terminal its lines go above the bars (read
+    through a pipe); otherwise it writes as usual and a progress line joins every ``every`` seconds."""
+    from .progress import Progress
+
+    bars = sys.stdout.isatty() and sys.stderr.isatty() and terminal_width() > 0
+    progress = Progress(lambda: tracker(config, extra), bars, every).start()
+
+    def follow(p: subprocess.Popen) -> int:
+        if bars:
+            for line in p.stdout:
+                progress.write(line)
+        return p.wait()
+
+    try:
+        p = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"}) if bars else subprocess.Popen(cmd))
+        try:
+            return follow(p)
+        except KeyboardInterrupt:  # Snakemake got the Ctrl-C too: let it stop its jobs (a second one kills it)
+            try:
+                return follow(p)
+            except KeyboardInterrupt:
+                p.kill()
+                raise
+    finally:
+        progress.stop()
+
+
 def run(configfile: str | None, snakefile: str | None, extra: list[str], report: bool = True,
-        html: str | None = None) -> int:
+        html: str | None = None, progress_every: float | None = 30.0) -> int:
+    """``progress_every`` None: no progress display."""
     workdir = Path.cwd()
     snake = Path(snakefile) if snakefile else find_snakefile(workdir)
     config = check_config(configfile, snake, extra)
@@ -111,9 +187,12 @@ def run(configfile: str | None, snakefile: str | None, extra: list[str], report:
         # our lock is held, so no other run is alive here: Snakemake's locks are a killed run's
         # leftovers, removed as `snakemake --unlock` would (without a second ~10 s Snakemake start)
         shutil.rmtree(workdir / ".snakemake" / "locks", ignore_errors=True)
-        if report and not {"-n", "--dry-run", "--dryrun"} & set(extra):
+        dry = bool(DRY_RUN & set(extra))
+        if report and not dry:
             base += ["--report", html, "--report-after-run"]  # built by the same Snakemake: no second start-up
-        return subprocess.run(base + extra).returncode
+        if dry or progress_every is None:
+            return subprocess.run(base + extra).returncode
+        return watched(base + extra, config, extra, progress_every)
 
 
 def pipeline_fraction(cores: int = 2, extra: list[str] = ()) -> dict:

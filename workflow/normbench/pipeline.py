@@ -22,7 +22,7 @@ from .models import model_options
 from .norms import norm_options
 from .runners import RUNNERS
 from .settings import IDENTITY, RunConfig
-from .store import aggregate_runs, run_files
+from .store import aggregate_runs, checkpoint_dir, run_files
 from .studies import STUDIES
 
 GRID_COLUMNS = [c for c in IDENTITY if c != "study"]  # lr, seed last: a pack is a path prefix
@@ -132,9 +132,12 @@ class Pipeline:
     _packs: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_config(cls, config: dict, results: str = "results", check_files: bool = True) -> "Pipeline":
+    def from_config(cls, config: dict, results: str = "results", check_files: bool = True,
+                    check_runs: bool = True) -> "Pipeline":
         """``config`` as ``config.load`` returns it (schema-checked, defaults filled in); its
-        ``results`` key (``normbench evaluate``'s own folder) wins over the argument."""
+        ``results`` key (``normbench evaluate``'s own folder) wins over the argument.  ``check_runs``
+        false skips the runners' checks (seconds of meta-device forwards): for a pipeline that
+        Snakemake checks anyway, read only for its list of runs (the progress of `normbench run`)."""
         smoke = bool(config.get("smoke"))
         results = config_file.results_folder(config, results)
         norms = {k: Named(v["type"], dict(v.get("options") or {})) for k, v in (config.get("norms") or {}).items()}
@@ -162,7 +165,8 @@ class Pipeline:
                 name, runs, _pack_columns(name, st.get("pack", True)), train,
                 st.get("threads", config.get("threads", 1)), st.get("mem_mb", config.get("mem_mb", 2000)),
                 st.get("runtime", config.get("runtime", 60)), 0 if smoke else int(st.get("max_seeds", config.get("max_seeds", 0))))
-            self._check_study(self.studies[name])
+            if check_runs:
+                self._check_study(self.studies[name])
         if not self.studies:
             raise ConfigError("studies: every study is disabled; enable at least one")
         if check_files:
@@ -254,14 +258,14 @@ class Pipeline:
     def topup_file(self, study: str) -> str:
         return f"{self.results}/{study}/topup.json"
 
-    def load_topup(self, study: str) -> list[str]:
+    def load_topup(self, study: str, decision: dict | None = None) -> list[str]:
         """Add the runs of the study's adaptive-stage decision (once; its file must exist: the checkpoint
-        wrote it) and return their pack markers."""
+        wrote it; or ``decision``, read from a results folder elsewhere) and return their pack markers."""
         from . import topup
 
         st = self.studies[study]
         if not st.topup_loaded:
-            decision = topup.read(self.topup_file(study))
+            decision = decision or topup.read(self.topup_file(study))
             if decision is None:
                 raise FileNotFoundError(f"{self.topup_file(study)}: the adaptive stage of {study} has not run")
             st.add_runs(pd.DataFrame(decision["runs"], columns=GRID_COLUMNS))
@@ -288,7 +292,7 @@ class Pipeline:
         return f"{self.results}/{study}/packs/{pack}/pack.json"
 
     def checkpoint_dir(self, study: str, pack: str) -> str:
-        return f"{self.results}/{study}/checkpoints/{pack}"
+        return str(checkpoint_dir(self.results, study, pack))
 
     def markers(self, study: str, topup: bool = True) -> list[str]:
         """Every pack's marker (``topup=False``: the base packs' only)."""

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import math
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,20 +11,11 @@ import pandas as pd
 import torch
 
 from . import __version__
+from .provenance import environment, git_revision
 from .settings import RunConfig
 from .store import METRICS_SCHEMA, SUMMARY_SCHEMA, write_parquet
 
 FINGERPRINT_KEY = "normbench.settings"  # the summary footer's record of RunConfig.fingerprint()
-
-
-@functools.lru_cache(maxsize=1)
-def git_revision() -> str:
-    try:
-        here = Path(__file__).resolve().parent
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
 
 
 def collapse_level(chance: float, n_test: int) -> float:
@@ -128,6 +117,7 @@ class Recorder:
             "compute_time_s": self.compute(),
             "num_params": num_params, "device": str(device), "torch_version": torch.__version__,
             "normbench_version": __version__, "git_rev": git_revision(),
+            **environment(cfg.to_dict(), device),
         }
         return RunResult(metrics, summary, diverged)
 

@@ -30,6 +30,10 @@ class Report:
     tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, str]] = field(default_factory=dict)  # csv, shown, caption
     figures: dict[str, tuple[object, str]] = field(default_factory=dict)  # figure, caption
     claims: pd.DataFrame | None = None
+    # the runs it read: runs, expected (None: unknown), missing (the grid values without a finished run),
+    # environments and mixed (normbench.provenance.summarize)
+    runs: dict = field(default_factory=dict)
+    incomplete: str = ""  # why the tables and figures are missing (a partial study whose build needs more runs)
 
     def table(self, name, data: pd.DataFrame, caption: str, shown: pd.DataFrame | None = None):
         self.tables[name] = (data, data if shown is None else shown, caption)
@@ -39,14 +43,16 @@ class Report:
 
     def write(self, out_dir: str | Path) -> None:
         st = self.study
-        if set(self.tables) != set(st.tables) or set(self.figures) != set(st.figures):
+        if not self.incomplete and (set(self.tables) != set(st.tables) or set(self.figures) != set(st.figures)):
             raise RuntimeError(f"{st.name}: report built {sorted(self.tables)} + {sorted(self.figures)}, "
                                f"declared {sorted(st.tables)} + {sorted(st.figures)}")
         out = Path(out_dir)
         claims = self.claims if self.claims is not None else pd.DataFrame(columns=CLAIMS_SCHEMA.names)
-        md = [f"# {st.title}", "", f"*{st.question}* — after {st.source}.", "", f"**Finding:** {self.finding}", "",
-              "## Claims", "", claims_markdown(claims), ""]
+        md = [f"# {st.title}", "", f"*{st.question}* — after {st.source}.", ""] + runs_banner(self.runs) + [
+            f"**Finding:** {self.finding}", "", "## Claims", "", claims_markdown(claims), ""]
         md += [f"> {n}" for n in self.notes] + ([""] if self.notes else [])
+        if self.incomplete:
+            md += [f"> The tables and figures need runs that have not finished yet ({self.incomplete}).", ""]
         md += [f"Numbers in the tables are the {INTERVAL}; the claims are decided {CLAIM_RULE}. Failed runs "
                f"(diverged or collapsed to chance) are counted, never "
                f"dropped silently.", ""]
@@ -65,8 +71,33 @@ class Report:
             P.close(fig)
             write_text(caption + "\n", out / "captions" / f"{name}.rst")
             md += [f"![{name}]({name}.png)", "", f"*{caption}* ([SVG]({name}.svg))", ""]
+        md += environments_markdown(self.runs)
         write_text("\n".join(md), out / "README.md")
-        write_text(json.dumps({"study": st.name, "finding": self.finding}), out / "finding.json")
+        write_text(json.dumps({"study": st.name, "finding": self.finding, **self.runs}), out / "finding.json")
+
+
+def runs_banner(runs: dict) -> list[str]:
+    """Above a study's finding: how many of its runs it read, when not all, and a warning when they
+    come from several (instruction set, device, torch) environments."""
+    out = []
+    if runs.get("expected") is not None and runs["runs"] < runs["expected"]:
+        missing = f" Not finished yet: {runs['missing']}." if runs.get("missing") else ""
+        out += [f"> **Partial results: {runs['runs']} of {runs['expected']} runs finished.** The claims, tables and "
+                f"figures read those only; a claim whose arms have no finished runs says so.{missing}", ""]
+    if runs.get("mixed"):
+        out += [f"> **Runs from {len(runs['mixed'])} environments** (instruction set / device / torch): "
+                f"{'; '.join(runs['mixed'])}. The same seeds round differently on each, so these claims may differ "
+                f"from a run on one machine (see *Where the runs ran*).", ""]
+    return out
+
+
+def environments_markdown(runs: dict) -> list[str]:
+    """The closing section: each environment that produced the study's runs, with its run count."""
+    envs = runs.get("environments") or []
+    if not envs:
+        return []
+    return ["## Where the runs ran", ""] + [f"- {e['runs']} run{'s' if e['runs'] != 1 else ''}: {e['text']}"
+                                            for e in envs] + [""]
 
 
 def describe(s: pd.DataFrame) -> str:
@@ -106,9 +137,10 @@ def test_text(claims: pd.DataFrame) -> pd.Series:
 
 
 def claims_table(claims: pd.DataFrame) -> pd.DataFrame:
+    # runs: how many runs of its arm each claim read (from partial results, fewer than planned)
     return pd.DataFrame({"claim": claims.statement, "source": claims.source, "verdict": claims.verdict,
-                         "measured": claims.measured, "test": test_text(claims), "seeds": seeds_text(claims),
-                         "why / caveat": claims.note.fillna("")})
+                         "measured": claims.measured, "runs": claims["runs"], "test": test_text(claims),
+                         "seeds": seeds_text(claims), "why / caveat": claims.note.fillna("")})
 
 
 def claims_markdown(claims: pd.DataFrame) -> str:

@@ -50,6 +50,24 @@ METRICS_SCHEMA = pa.schema(
     + PARAM_FIELDS
 )
 
+# Where the run ran (normbench.provenance; null in files written before they were recorded).  Not part
+# of the settings fingerprint: a finished run is the same run on another machine.
+ENVIRONMENT_FIELDS = [
+    ("cpu_model", pa.string()),
+    ("cpu_capability", pa.string()),  # torch.backends.cpu.get_cpu_capability(): the kernels torch dispatched to
+    ("torch_threads", pa.int64()),
+    ("device_type", pa.string()),  # cpu | cuda | mps
+    ("cuda_version", pa.string()),  # torch's build (null: a CPU-only build)
+    ("cudnn_version", pa.string()),  # CUDA runs only
+    ("gpu_name", pa.string()),  # CUDA runs only
+    ("gpu_driver", pa.string()),  # CUDA runs only
+    ("python_version", pa.string()),
+    ("os", pa.string()),
+    ("git_dirty", pa.bool_()),  # uncommitted changes to tracked files (null: not a git checkout)
+    ("config_hash", pa.string()),  # every setting of the run, execution ones too
+    ("data_hash", pa.string()),  # the training and test tensors as loaded
+]
+
 SUMMARY_SCHEMA = pa.schema(
     PARAM_FIELDS
     + [
@@ -87,6 +105,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("normbench_version", pa.string()),
         ("git_rev", pa.string()),
     ]
+    + ENVIRONMENT_FIELDS
 )
 
 
@@ -175,6 +194,12 @@ def run_files(results: str | Path, study: str, run_path: str) -> dict[str, Path]
     no ``key=value`` folder names, so no reader infers (mis-typed) columns from the path."""
     base = Path(results) / study / "runs"
     return {kind: base / kind / f"{run_path}.parquet" for kind in ("summary", "metrics")}
+
+
+def checkpoint_dir(results: str | Path, study: str, pack: str) -> Path:
+    """Where a pack's resumable checkpoints live until its runs finish (outside Snakemake's outputs, so a
+    failed job's retry resumes)."""
+    return Path(results) / study / "checkpoints" / pack
 
 
 def aggregate_runs(summaries: list, metrics: list, summary_path, metrics_path) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from normbench.errors import ConfigError
 from normbench.pack import pipeline_stats
 from normbench.pipeline import Pipeline
 from normbench.report import artifacts
+from normbench.runstate import write_plan
 from normbench.studies import STUDIES
 
 ENV = "../../envs/environment.yaml"
@@ -85,7 +86,9 @@ def report_outputs(study):
 
 
 def pipeline_started():
+    """The folder's plan first (every run of the config): `normbench status` and partial reports read it."""
     _STARTED.append(time.time())
+    write_plan(PIPE, CONFIG)
 
 
 def pipeline_finished(wf):

@@ -4,7 +4,9 @@ branches on its name:
 * ``check(cfg)`` raises ``ConfigError`` if the run cannot train (called for every
   distinct run structure before any job starts);
 * ``train(jobs, say, checkpoint_dir)`` trains the jobs (``Job``: a run's config and
-  the files it writes), writes each run's files and returns their results.
+  the files it writes), writes each run's files and returns their results;
+* ``resumable(jobs, checkpoint_dir)``: which of a pack's unfinished jobs a checkpoint
+  there would resume (``normbench status``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class Runner(Protocol):
 
     def train(self, jobs: list[Job], say: Callable[[str], None],
               checkpoint_dir: Path | None = None) -> list[RunResult]: ...
+
+    def resumable(self, jobs: list[Job], checkpoint_dir: Path) -> list[bool]: ...
 
 
 RUNNERS: Registry[Runner] = Registry("runner")

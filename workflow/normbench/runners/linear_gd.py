@@ -63,6 +63,9 @@ class LinearGD:
             raise ConfigError(f"dataset: the linear_gd runner needs a one-target regression on feature vectors; "
                               f"{cfg.dataset!r} is a {spec.task} of shape {spec.input_shape}")
 
+    def resumable(self, jobs, checkpoint_dir) -> list[bool]:
+        return [False] * len(jobs)  # nothing is checkpointed
+
     def train(self, jobs, say: Callable[[str], None], checkpoint_dir: Path | None = None) -> list:
         out = []
         for job in jobs:  # milliseconds each: nothing to checkpoint

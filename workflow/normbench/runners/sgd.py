@@ -51,7 +51,25 @@ def plan(cfgs: list[RunConfig], vectorize: bool = True) -> list[list[int]]:
     return list(groups.values()) + solo
 
 
+def checkpoint_file(checkpoint_dir: str | Path, group: list) -> Path:
+    """The checkpoint of a group of jobs trained together, named by the runs and their settings: a
+    checkpoint of other settings is never resumed."""
+    key = hashlib.sha1("\n".join(f"{j.files['summary']} {j.config.fingerprint()}"
+                                  for j in group).encode()).hexdigest()[:16]
+    return Path(checkpoint_dir) / f"{key}.pt"
+
+
 class SGD:
+    def resumable(self, jobs, checkpoint_dir: str | Path) -> list[bool]:
+        """Which of a pack's unfinished ``jobs`` a checkpoint would resume: they form the same groups
+        when the pack runs again (finished runs are skipped the same way), so their names agree."""
+        cfgs, out = [j.config for j in jobs], [False] * len(jobs)
+        for group in plan(cfgs):
+            if checkpoint_file(checkpoint_dir, [jobs[i] for i in group]).exists():
+                for i in group:
+                    out[i] = True
+        return out
+
     def check(self, cfg: RunConfig) -> None:
         spec = DATASETS.get(cfg.dataset)
         if cfg.batch_size * cfg.workers > spec.n_train:
@@ -96,12 +114,7 @@ class SGD:
                 torch.set_num_threads(c0.threads)
             tag = (f"{c0.norm} bs={c0.batch_size} " + (f"[{len(group)} runs]" if len(group) > 1 else
                                                         f"lr={c0.lr} seed={c0.seed}"))
-            ckpt = None
-            if checkpoint_dir:
-                # the runs and their settings: a checkpoint of other settings is never resumed
-                key = hashlib.sha1("\n".join(f"{j.files['summary']} {j.config.fingerprint()}"
-                                             for j in gjobs).encode()).hexdigest()[:16]
-                ckpt = Path(checkpoint_dir) / f"{key}.pt"
+            ckpt = checkpoint_file(checkpoint_dir, gjobs) if checkpoint_dir else None
             data = get_data(c0, resolve_device(c0.device, c0.gpu_jobs))
             results = Trainer(gcfgs, data, ckpt, progress=lambda m, tag=tag: say(f"{tag} {m}")).run()
             for i, cfg, job, r in zip(group, gcfgs, gjobs, results):
