@@ -41,10 +41,16 @@ wildcard_constraints:
 
 
 def all_targets():
-    summaries = [f"{RESULTS}/{s}/summary.parquet" for s in PIPE.studies]
-    if EVALUATE:  # never the studies' own reports: reports/<study>/ belongs to the default pipeline
-        return summaries + [f"{EVALUATE['reports']}/{f}" for f in ("README.md", "card.csv", "card.html")]
-    return summaries + report_targets()
+    if EVALUATE:  # the card or the leaderboard, read from the arms' runs (shared by every card of the tier)
+        return [f"{EVALUATE['reports']}/{f}" for f in evaluate_files()]
+    return [f"{RESULTS}/{s}/summary.parquet" for s in PIPE.studies] + report_targets()
+
+
+def evaluate_files():
+    """The files of `normbench evaluate`'s page (the HTML one last: the Snakemake report shows it)."""
+    if EVALUATE["page"] == "leaderboard":
+        return ["README.md", "leaderboard.csv", "leaderboard.png", "leaderboard.svg", "leaderboard.html"]
+    return ["README.md", "card.csv", "card.html"]
 
 
 def dataset_markers(wildcards):
