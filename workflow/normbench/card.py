@@ -42,7 +42,7 @@ arms = card_arms
 
 
 def arm_rows(study: str, arm, s: pd.DataFrame, m: pd.DataFrame, info: dict | None, norm: str,
-             baselines: list[str]) -> list[dict]:
+             baselines: list[str], pool=None) -> list[dict]:
     """Every measure of one arm graded on its views: at the best lr (the axis's verdict) and at the shared
     lr beside it where the arm sweeps; on its one view where it does not."""
     vs = views(arm, s, m, info)
@@ -52,7 +52,7 @@ def arm_rows(study: str, arm, s: pd.DataFrame, m: pd.DataFrame, info: dict | Non
         for name in names:
             view = vs[name]
             what = f", at {name}" if name != ONE else ""
-            row = grade(ms, view, norm, baselines, what)
+            row = grade(ms, view, norm, baselines, what, pool)
             rows.append({**row, "axis": arm.axis, "study": study, "counts": name in (BEST, ONE) or not ms.tuned})
     return rows
 
@@ -135,6 +135,8 @@ def property_table(props: pd.DataFrame | None, norms: list[str]) -> pd.DataFrame
 
 def axis_line(rows: list[dict], baselines: list[str]) -> str:
     """One line per axis: per baseline the verdict its counted measures agree on, else 'mixed' with each."""
+    if not any(r["judged"] for r in rows):
+        return "shown beside the baselines, not graded"
     by: dict[str, list[str]] = {}
     for b in baselines:
         vs = [(r["verdicts"][b], r["short"]) for r in rows if r["judged"] and r.get("counts", True)]
@@ -259,7 +261,8 @@ def write(card: dict, out_dir: str | Path) -> None:
              f"seconds, no training), then each axis ({A.INTERVAL}, paired by seed; cost: by alternating round). "
              + RULES, "", "## Properties", "",
              props.to_markdown(index=False) if len(props) else "not measured", "", "## Verdicts", ""]
-    lines += [f"- **{a}**: {norm} is {line}." for a, line in card["summary"].items()]
+    lines += [f"- **{a}**: " + (line if line.startswith("shown") else f"{norm} is {line}") + "."
+              for a, line in card["summary"].items()]
     measures = t[t.axis != PROPERTIES_AXIS]
     lines += ["", "## Measures", "", measures.to_markdown(index=False), "", "[CSV](card.csv)", "",
               "## Setting", ""]

@@ -32,10 +32,9 @@ from . import config as config_file
 from .card import card_arms
 from .errors import ConfigError
 from .norms import NORMS, norm_options
-from .scoring import grids
+from .scoring import BASELINES, grids
 from .store import write_text
 
-BASELINES = ("bn", "gn", "ln", "none")
 RESULTS_ROOT, REPORTS_ROOT = "results/evaluate", "reports/evaluate"  # never the default pipeline's folders
 DEFAULT_TIER = "default"
 LEADERBOARD = "leaderboard"  # the leaderboard's folder beside the cards (no normalizer may take the name)
@@ -336,7 +335,8 @@ def leaderboard(configfile: str | None, snakefile: str | None, extra: list[str],
     if rc == 0 and not _dry(extra):
         page = Path(cfg["evaluate"]["reports"])
         L.stamp(page, wall)
-        print(f"normbench: leaderboard of {len(cfg['evaluate']['norms'])} normalizers: {page}/README.md "
+        n = len(cfg["evaluate"]["norms"]) + len(cfg["evaluate"]["baselines"])
+        print(f"normbench: leaderboard of {n} normalizers: {page}/README.md "
               f"(measured: {wall:.0f} s wall, the whole command)")
     return rc
 

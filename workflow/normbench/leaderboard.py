@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import plots as P
 from .card import COST_AXIS, arm_rows, arms, cost_rows, nets, property_table, tuning_text
-from .scoring import BEST, BETTER, NOT_MEASURED, ONE, SAME, UNDECIDED, WORSE
+from .scoring import BASELINES, BETTER, NOT_MEASURED, SAME, UNDECIDED, WORSE
 from .store import write_text
 
 REFERENCE = "bn"
@@ -49,8 +49,9 @@ def build(norms: list[str], data: dict, arms_info: dict | None = None, props: pd
             continue
         s, m = data[study]
         setting[arm.axis] = f"{nets(s)}; {tuning_text(arm, arms_info.get(study))}"
+        pool = [b for b in BASELINES if b in set(s.norm)]  # did any baseline train: all of them say
         for n in others:
-            for r in arm_rows(study, arm, s, m, arms_info.get(study), n, [REFERENCE]):
+            for r in arm_rows(study, arm, s, m, arms_info.get(study), n, [REFERENCE], pool):
                 rows.append(_row(r, n))
         for r in arm_rows(study, arm, s, m, arms_info.get(study), REFERENCE, []):
             rows.append(_row(r, REFERENCE))
@@ -148,8 +149,9 @@ def write(lb: dict, out_dir: str | Path) -> None:
     lines += ["## Setting", "", *[f"- {a}: {s}" for a, s in lb["setting"].items()], ""]
     why = t[t.why.astype(bool)] if len(t) else t
     if len(why):
-        lines += ["## Not measured, and why", "", *[f"- {r.norm}, {r.measure}: {r.why}" for r in why.itertuples()],
-                  ""]
+        lines += ["## Not measured, and why", "",
+                  *[f"- {r.norm}, {r.measure}" + (f" ({r.view})" if r.view else "") + f": {r.why}"
+                    for r in why.itertuples()], ""]
     lines += ["[CSV: every cell](leaderboard.csv)"]
     write_text(t.to_csv(index=False) if len(t) else "", out / "leaderboard.csv")
     body = "".join(f"<h2>{html.escape(k)}</h2>{v.to_html(border=0)}" for k, v in ranks.items())

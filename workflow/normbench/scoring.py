@@ -36,6 +36,7 @@ import pandas as pd
 from . import analysis as A
 from .claims import REPRODUCED, Evidence, greater, within
 
+BASELINES = ("bn", "gn", "ln", "none")  # beside every normalizer in every arm
 BETTER, SAME, WORSE, UNDECIDED, NOT_MEASURED = "better", "same", "worse", "undecided", "not measured"
 BEST, SHARED, ONE = "best lr", "shared lr", ""  # the views of a measure
 
@@ -248,12 +249,13 @@ def t_cell(values: pd.Series, show) -> str:
 
 def _reasons(measure: Measure, s: pd.DataFrame, m: pd.DataFrame, norm: str, baselines: list[str]) -> dict[str, str]:
     """norm -> why the measure cannot read it here; every norm at once when no baseline trained."""
+    s = s[s.norm.isin([norm, *baselines])]
     failed = did_not_train(s)
     present = [b for b in baselines if (s.norm == b).any()]
     if measure.trains and present and all(b in failed for b in present):
         why = (f"no baseline trained in this budget ({'; '.join(failed[b] for b in present)}): the measure "
                f"cannot tell anything apart here")
-        return {n: why for n in [norm, *baselines]}
+        return {n: why for n in s.norm.unique()}
     return {k: v for k, v in (measure.untrained(s, m) if measure.untrained else {}).items() if v}
 
 
@@ -261,13 +263,14 @@ def _read(measure: Measure, s: pd.DataFrame, m: pd.DataFrame) -> tuple[pd.DataFr
     return (s[measure.runs(s)], m[measure.runs(m)]) if measure.runs else (s, m)
 
 
-def grade(measure: Measure, view: View, norm: str, baselines: list[str], what: str = "") -> dict:
+def grade(measure: Measure, view: View, norm: str, baselines: list[str], what: str = "", pool=None) -> dict:
     """One row of the card: cells (norm -> 'mean [lo, hi]'), the lr each cell used, and per baseline a
     verdict, its evidence, or why it is not measured; ``reads`` says which runs each norm's cell read
-    (the hook for adding seeds to an undecided verdict)."""
+    (the hook for adding seeds to an undecided verdict).  ``pool``: the baselines whose training decides
+    whether the measure measures anything here (default: ``baselines``)."""
     s, m = _read(measure, view.summary, view.metrics)
     values = measure.values(s, m)
-    reasons = _reasons(measure, s, m, norm, baselines)
+    reasons = _reasons(measure, s, m, norm, list(baselines if pool is None else pool))
     cells, reads = {}, {}
     for n in [norm, *baselines]:
         v = values[values.norm == n]
