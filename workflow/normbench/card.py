@@ -48,7 +48,8 @@ def arm_rows(study: str, arm, s: pd.DataFrame, m: pd.DataFrame, info: dict | Non
     vs = views(arm, s, m, info)
     rows = []
     for ms in arm.measures:
-        names = [ONE] if ONE in vs else ([BEST, SHARED] if ms.tuned else [SHARED])
+        names = [ONE] if ONE in vs else ([BEST, SHARED] if ms.tuned and ms.beside else [BEST] if ms.tuned
+                                         else [SHARED])
         for name in names:
             view = vs[name]
             what = f", at {name}" if name != ONE else ""

@@ -19,6 +19,7 @@ import pandas as pd
 
 from . import plots as P
 from .card import COST_AXIS, arm_rows, arms, cost_rows, nets, property_table, tuning_text
+from .card import topup as card_topup
 from .scoring import BASELINES, BETTER, NOT_MEASURED, SAME, UNDECIDED, WORSE
 from .store import write_text
 
@@ -32,8 +33,8 @@ FILES = ("README.md", "leaderboard.csv", "leaderboard.html", "leaderboard.png", 
 def _diff_text(ev) -> str:
     if ev is None or not math.isfinite(ev.estimate):
         return ""
-    ci = f" [{ev.lo:+.2g}, {ev.hi:+.2g}]" if math.isfinite(ev.lo) else ""
-    return f"{ev.estimate:+.2g}{ci}"
+    ci = f" [{ev.lo:+.3g}, {ev.hi:+.3g}]" if math.isfinite(ev.lo) else ""
+    return f"{ev.estimate:+.3g}{ci}"
 
 
 def build(norms: list[str], data: dict, arms_info: dict | None = None, props: pd.DataFrame | None = None,
@@ -41,7 +42,7 @@ def build(norms: list[str], data: dict, arms_info: dict | None = None, props: pd
     """The long table: one row per normalizer and counted measure (its best-lr view where the arm
     sweeps), with its cell, the lr it used and its verdict against BN; the properties; the settings."""
     arms_info = arms_info or {}
-    rows, setting = [], {}
+    rows, setting, graded = [], {}, {}
     others = [n for n in norms if n != REFERENCE]
     for study, arm in arms():
         if study not in data:
@@ -53,6 +54,7 @@ def build(norms: list[str], data: dict, arms_info: dict | None = None, props: pd
         for n in others:
             for r in arm_rows(study, arm, s, m, arms_info.get(study), n, [REFERENCE], pool):
                 rows.append(_row(r, n))
+                graded.setdefault(n, []).append(r)
         for r in arm_rows(study, arm, s, m, arms_info.get(study), REFERENCE, []):
             rows.append(_row(r, REFERENCE))
     if cost is not None and len(cost):
@@ -60,8 +62,14 @@ def build(norms: list[str], data: dict, arms_info: dict | None = None, props: pd
             rows += [_row(r, n) for r in cost_rows(cost, n, [REFERENCE])]
         setting[COST_AXIS] = f"every layer side by side in one process on {', '.join(sorted(set(cost.device)))}"
     long = pd.DataFrame(rows)
-    return {"norms": norms, "rows": long, "setting": setting,
+    return {"norms": norms, "rows": long, "setting": setting, "graded": graded,
             "properties": property_table(props, norms)}
+
+
+def topup(lb: dict) -> pd.DataFrame:
+    """The seed top-up hook (``card.topup``) over every normalizer's undecided verdicts against BN."""
+    parts = [card_topup({"norm": n, "rows": rows}) for n, rows in lb["graded"].items()]
+    return pd.concat(parts, ignore_index=True) if parts else card_topup({"norm": "", "rows": []})
 
 
 def _row(r: dict, n: str) -> dict:
@@ -83,15 +91,14 @@ def _score(cell: str) -> float:
 
 
 def rankings(lb: dict) -> dict[str, pd.DataFrame]:
-    """Per axis, its first counted judged measure: the normalizers from best to worst."""
-    from .scoring import Measure  # noqa: F401  (direction comes from the rows' measures below)
-
+    """Per axis, its first counted judged measure (cost: its time, shown, not graded): the normalizers
+    from best to worst."""
     out = {}
     t = lb["rows"]
     if t.empty:
         return out
     better = {ms.name: ms.better for _, arm in arms() for ms in arm.measures}
-    for axis, g in t[t.judged & t.counts].groupby("axis", sort=False):
+    for axis, g in t[t.counts & (t.judged | (t.axis == COST_AXIS))].groupby("axis", sort=False):
         name = g.measure.iloc[0]
         h = g[g.measure == name].assign(score=lambda d: d.cell.map(_score))
         up = better.get(name, "lower" if axis == COST_AXIS else "higher") == "higher"

@@ -82,6 +82,7 @@ class Measure:
     show: Callable[[float], str] = _g
     judged: bool = True  # False: shown beside, no verdict
     tuned: bool = True  # read at each normalizer's best lr (where the arm has a sweep); False: at the shared lr
+    beside: bool = True  # a tuned measure also shown at the shared lr (False: only where each is at its best)
     # norm -> why its runs cannot be read by this measure ('' or absent: they can); None: every run can
     untrained: Callable[[pd.DataFrame, pd.DataFrame], dict[str, str]] | None = None
     cell: Callable[[pd.DataFrame], str] | None = None  # a norm's cell, if not 'mean [t interval]'

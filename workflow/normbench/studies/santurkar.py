@@ -444,7 +444,8 @@ CARD = CardArm(
     # 900 → 500 steps: the standard net leaves its plateau at ~150–300; eval every 25 steps to place it
     trim={"seeds": 5, "train": {"steps": 500, "eval_every": 25, "probe_every": 25}},
     measures=tuple(
-        Measure(f"{what} (log10, median over the probes after the initial plateau)", short,
+        Measure(f"{what} (per run the median over its probes after the initial plateau; geometric mean over "
+                f"seeds)", short,
                 _learning_log(metric), "lower", np.log10(2), "a factor of 2", show=lambda v: f"{10 ** v:.3g}",
                 untrained=_on_plateau)
         for metric, what, short in (("beta_eff", "effective β-smoothness", "β_eff"),
