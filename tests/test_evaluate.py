@@ -238,27 +238,38 @@ def test_topup_lists_the_runs_behind_each_undecided_verdict():
 
 
 def test_smoothness_is_read_after_the_standard_nets_plateau_and_refused_without_one():
-    """Probes count where both the run and the standard net have left their initial plateaus; where the
-    standard net never leaves it within the budget, the card refuses to judge and says why."""
+    """Probes count where both the run and the standard net have left their initial plateaus (the
+    study's rule, applied to each); where the standard net never leaves it within the budget, the card
+    refuses to judge and says why."""
     arm = STUDIES.get("santurkar").card
-    s = _summary([{"norm": n, "norm_type": t, "seed": sd} for n, t in (("new", "new"), ("none", "none"))
-                  for sd in range(3)])
+    leaves = {"new": 20, "late": 80, "none": 60}  # the step each leaves its plateau (loss 2.3 -> 0.5)
+    s = _summary([{"norm": n, "norm_type": n, "seed": sd} for n in leaves for sd in range(3)])
     rows = []
-    for n, leaves in (("new", 20), ("none", 60)):
+    for n, at in leaves.items():
         for sd in range(3):
             for step in range(0, 100, 10):
-                loss = 2.3 if step < leaves else 0.5
-                rows.append({**RUN, "norm": n, "seed": sd, "step": step, "split": "train", "metric": "loss",
-                             "value": loss})
-                rows.append({**RUN, "norm": n, "seed": sd, "step": step, "split": "probe", "metric": "beta_eff",
-                             "value": 100.0 if step < leaves else 1.0 + (n == "none")})
+                beta = 100.0 if step < at else 3.0 if step < 60 else 1.0 + (n == "none")
+                rows += [{**RUN, "norm": n, "seed": sd, "step": step, "split": "train", "metric": "loss",
+                          "value": 2.3 if step < at else 0.5},
+                         {**RUN, "norm": n, "seed": sd, "step": step, "split": "probe", "metric": "beta_eff",
+                          "value": beta}]
     m = pd.DataFrame(rows)
     beta = arm.measures[0]
-    v = beta.values(s, m).set_index(["norm", "seed"]).value
-    assert np.allclose(v.loc["new"], 0.0) and np.allclose(v.loc["none"], np.log10(2.0))  # only steps ≥ 60 read
+    v = beta.values(s, m).groupby("norm").value.apply(list)
+    assert np.allclose(v["new"], 0.0)  # steps ≥ 60 only: the standard net learns there
+    assert np.allclose(v["late"], 0.0)  # steps ≥ 80 only: it learns there itself
+    assert np.allclose(v["none"], np.log10(2.0))
     flat = m.assign(value=np.where((m.norm == "none") & (m.metric == "loss"), 2.3, m.value))
-    assert set(beta.untrained(s, flat).values()) == {next(iter(beta.untrained(s, flat).values()))}
-    assert "never left its initial plateau" in beta.untrained(s, flat)["new"]
+    why = beta.untrained(s, flat)
+    assert set(why) == set(leaves) and "never left its initial plateau" in why["new"]
+
+
+def test_the_rise_is_refused_where_the_large_batch_did_not_train():
+    rise = STUDIES.get("gn_small_batch").card.measures[1]
+    s = _summary([{"norm": n, "batch_size": b, "seed": 0, "final_test_acc": 0.9} for n in ("bn", "ln")
+                  for b in (32, 2)])
+    s.loc[(s.norm == "ln") & (s.batch_size == 32), "collapsed"] = True
+    assert list(rise.untrained(s, None)) == ["ln"]
 
 
 # -- end to end: a micro tier through Snakemake -----------------------------------------------------------
