@@ -46,6 +46,22 @@ def all_targets():
     return [f"{RESULTS}/{s}/summary.parquet" for s in PIPE.studies] + report_targets()
 
 
+def evaluate_norms():
+    """The normalizers on `normbench evaluate`'s page: those graded, then the baselines."""
+    return [*EVALUATE["norms"], *EVALUATE["baselines"]]
+
+
+def evaluate_entry(norm):
+    """A norm's registry type and options, as the config names it."""
+    entry = PIPE.norms.get(norm)
+    return {"type": entry.type if entry else norm, "options": entry.options if entry else {}}
+
+
+def evaluate_markers(wildcards=None):
+    """Every pack of the arms: the page (and the timing) come after all training."""
+    return [m for s in PIPE.studies for m in PIPE.markers(s)]
+
+
 def evaluate_files():
     """The files of `normbench evaluate`'s page (the HTML one last: the Snakemake report shows it)."""
     if EVALUATE["page"] == "leaderboard":

@@ -3,35 +3,25 @@
 # by every card of the tier), the cost of one layer timed side by side after the training, and the page
 # -- a card or the leaderboard -- read from the arms' run files.  The studies' own reports are not built.
 if EVALUATE:
-    EVAL_NORMS = [*EVALUATE["norms"], *EVALUATE["baselines"]]
-
-    def norm_entry(n):
-        return {
-            "type": PIPE.norms[n].type if n in PIPE.norms else n,
-            "options": PIPE.norms[n].options if n in PIPE.norms else {},
-        }
-
-    def arm_markers(wildcards=None):
-        return [m for s in PIPE.studies for m in PIPE.markers(s)]
 
     rule evaluate_properties:
         output:
             f"{RESULTS}/properties/{EVALUATE['name']}.parquet",
         log:
             f"{LOGS}/evaluate/properties/{EVALUATE['name']}.log",
-        localrule: True
         priority: 1000  # seconds, and what a reviewer reads first: before any training
+        localrule: True
         conda:
             ENV
         params:
-            norms={n: norm_entry(n) for n in EVAL_NORMS},
+            norms={n: evaluate_entry(n) for n in evaluate_norms()},
             dtype=EVALUATE["dtype"],
         script:
             "../scripts/evaluate_properties.py"
 
     rule evaluate_cost:
         input:
-            arm_markers,  # after every training job: the timing runs on a machine no training shares
+            evaluate_markers,  # after every training job: the timing runs on a machine no training shares
         output:
             f"{RESULTS}/cost/{EVALUATE['name']}.parquet",
         log:
@@ -40,7 +30,7 @@ if EVALUATE:
         conda:
             ENV
         params:
-            norms={n: norm_entry(n) for n in EVAL_NORMS},
+            norms={n: evaluate_entry(n) for n in evaluate_norms()},
             dtype=EVALUATE["dtype"],
             bf16=EVALUATE["bf16"],
         script:
@@ -48,7 +38,7 @@ if EVALUATE:
 
     rule evaluate_page:
         input:
-            markers=arm_markers(),
+            markers=evaluate_markers(),
             properties=f"{RESULTS}/properties/{EVALUATE['name']}.parquet",
             cost=f"{RESULTS}/cost/{EVALUATE['name']}.parquet",
         output:
