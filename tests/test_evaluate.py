@@ -1,7 +1,8 @@
-"""`normbench evaluate NORM`: the battery config, the card's verdict rules, and a normalizer that
-ignores its input's scale graded worse than BN end to end (a micro tier through Snakemake)."""
+"""`normbench evaluate NORM` and `normbench leaderboard`: the arms come from the studies, baselines are
+trained once per tier, the card refuses to judge what it cannot read, cost is time and memory side by
+side, and broken normalizers get a card instead of a crash (a micro tier through Snakemake)."""
 
-import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,18 +10,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from normbench import card as C
+from normbench import cost as K
 from normbench import evaluate as E
 from normbench.config import default_config_path, load
 from normbench.errors import ConfigError
+from normbench.scoring import NOT_MEASURED, UNDECIDED, grids
+from normbench.studies import STUDIES
 
 from test_snakemake import USER_NORM
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# the README's RMSNorm2d (the same file tests/test_snakemake.py runs through a study), and two more
+# the README's RMSNorm2d (the same file tests/test_snakemake.py runs through a study), and more
 USER_NORMS = USER_NORM + '''
 
 class ScaleBlind(torch.nn.Module):
@@ -31,6 +36,30 @@ class ScaleBlind(torch.nn.Module):
 
     def forward(self, x):
         return (x - x.mean(1, keepdim=True)) / 100.0
+
+
+class HandGN(torch.nn.Module):
+    """GroupNorm written by hand: the gn baseline's function (4 groups), up to rounding."""
+
+    def __init__(self, num_features, dim=2, groups=4, eps=1e-5):
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        self.weight = torch.nn.Parameter(torch.ones(num_features))
+        self.bias = torch.nn.Parameter(torch.zeros(num_features))
+
+    def forward(self, x):
+        g = x.reshape(x.shape[0], self.groups, -1)
+        y = ((g - g.mean(-1, keepdim=True)) / (g.var(-1, unbiased=False, keepdim=True) + self.eps).sqrt())
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return y.reshape(x.shape) * self.weight.view(shape) + self.bias.view(shape)
+
+
+class Boom(torch.nn.Module):
+    def __init__(self, num_features, dim=2):
+        super().__init__()
+
+    def forward(self, x):
+        raise RuntimeError("boom")
 
 
 class LinearOnly(torch.nn.Module):
@@ -49,28 +78,50 @@ def base():
     return load(default_config_path())
 
 
-def test_battery_puts_norm_beside_the_baselines_in_every_arm_under_its_own_roots(base):
+# -- the battery: arms from the studies ---------------------------------------------------------------
+
+
+def test_every_arm_comes_from_a_study_and_has_every_baseline(base):
     cand = E.candidate("gn", {"groups": 8}, base["norms"])
-    cfg = E.battery(cand, base, trim=True)
-    assert cand.id == "gn_groups8" and cfg["norms"]["gn_groups8"] == {"type": "gn", "options": {"groups": 8}}
-    assert set(cfg["studies"]) == {a.study for a in E.ARMS}
-    for arm in E.ARMS:
-        grid = cfg["studies"][arm.study]["grid"]
-        expect = [b for b in E.BASELINES if arm.baselines is None or b in arm.baselines]
-        assert grid["norm"] == ["gn_groups8", *expect]
-        model = cfg["models"].get(grid["model"][0], {"type": grid["model"][0]})
-        assert model["type"] in E.CONV_TYPES, arm  # conv-only normalizers can enter every arm
-        assert 3 <= len(grid["seed"]) <= E.SEEDS
-    assert cfg["studies"]["gn_small_batch"]["grid"]["batch_size"] == [32, 2]  # the study's largest and smallest
-    assert cfg["results"] == "results/evaluate/gn_groups8"
-    assert cfg["evaluate"]["reports"] == "reports/evaluate/gn_groups8"
+    cfg = E.battery([cand], base, trim=True)
+    declared = {n for n, st in STUDIES.items() if st.card is not None}
+    assert set(cfg["studies"]) == declared and len(declared) >= 4
+    for study, block in cfg["studies"].items():
+        arm = STUDIES.get(study).card
+        for g in grids(block):
+            assert g["norm"] == ["gn_groups8", *E.BASELINES]  # bn, gn, ln and none in every arm
+            for model in g["model"]:
+                assert cfg["models"].get(model, {"type": model})["type"] == "vgg"  # conv-only norms enter too
+            if arm.tune is not None:  # enough seeds to choose on some and measure on the others
+                assert len(g["seed"]) >= arm.tune.select + E.MEASURING_SEEDS
+        assert block["pack"] == E.PACK  # a job per norm: the baselines' packs are every card's
+        info = cfg["evaluate"]["arms"][study]
+        if arm.tune is not None:
+            assert info["select"] == grids(block)[0]["seed"][:arm.tune.select] and info["shared_lr"] > 0
+    assert cfg["results"] == "results/evaluate/default"  # one root per tier, shared by every card
+    assert cfg["evaluate"]["reports"] == "reports/evaluate/default/gn_groups8"
     load(cfg)  # the schema accepts what it writes
+
+
+def test_no_package_module_outside_the_studies_names_a_study():
+    """Each study's card knowledge lives in its own module: evaluate, the card and the leaderboard
+    iterate over the studies."""
+    pkg = ROOT / "workflow/normbench"
+    for name in STUDIES:
+        files = [f.name for f in pkg.rglob("*.py")
+                 if f.parent.name != "studies" and re.search(rf"\b{name}\b", f.read_text())]
+        assert not files, (name, files)
 
 
 def test_a_bare_baseline_name_is_the_config_entry_and_leaves_the_baselines(base):
     cand = E.candidate("gn", None, base["norms"])
     assert (cand.id, cand.type, cand.options) == ("gn", "gn", base["norms"]["gn"]["options"])
-    assert E.battery(cand, base, trim=True)["evaluate"]["baselines"] == ["bn", "ln", "none"]
+    assert E.battery([cand], base, trim=True)["evaluate"]["baselines"] == ["bn", "ln", "none"]
+
+
+def test_an_id_that_would_replace_a_baselines_runs_is_refused(base):
+    with pytest.raises(ConfigError, match="norm id 'gn' is a baseline's"):
+        E.battery([E.Candidate("gn", "gn", {"groups": 2})], base, trim=True)
 
 
 def test_a_user_file_keeps_its_path_and_a_typo_names_the_allowed_options(base, tmp_path, monkeypatch):
@@ -78,102 +129,214 @@ def test_a_user_file_keeps_its_path_and_a_typo_names_the_allowed_options(base, t
     Path("mynorms.py").write_text(USER_NORMS)
     cand = E.candidate("mynorms.py:RMSNorm2d", {"eps": 1e-5})
     assert cand.id == "RMSNorm2d_eps1e_05"
-    assert E.battery(cand, base, trim=True)["norms"][cand.id] == {"type": "mynorms.py:RMSNorm2d",
-                                                                   "options": {"eps": 1e-5}}
+    assert E.battery([cand], base, trim=True)["norms"][cand.id] == {"type": "mynorms.py:RMSNorm2d",
+                                                                     "options": {"eps": 1e-5}}
     with pytest.raises(ConfigError, match="unknown option.*epsilon.*allowed: eps"):
         E.candidate("mynorms.py:RMSNorm2d", {"epsilon": 1e-5})
 
 
-def test_a_norm_that_cannot_enter_a_conv_arm_fails_before_any_job(tmp_path, monkeypatch):
+def test_an_evaluated_id_is_remembered_and_another_layer_may_not_take_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a, b = E.Candidate("MyNorm", "a.py:MyNorm", {}), E.Candidate("MyNorm", "b.py:MyNorm", {})
+    E.remember(a, "default")
+    E.remember(a, "default")  # the same layer again: fine
+    assert E.evaluated("default") == [a]
+    with pytest.raises(ConfigError, match="was evaluated as.*a.py:MyNorm"):
+        E.remember(b, "default")
+
+
+def test_a_norm_that_cannot_enter_an_arm_leaves_that_arm_with_its_reason(base, tmp_path, monkeypatch):
+    """Instance norm cannot normalize the 1×1 maps of the batch arm's last conv (torch refuses one value
+    per channel): that arm is not measured for it, the others are."""
+    cfg = E.checked_battery([E.candidate("in")], base, trim=True)
+    skipped = {s: i.get("skipped", {}) for s, i in cfg["evaluate"]["arms"].items()}
+    assert [s for s, v in skipped.items() if "in" in v] == ["gn_small_batch"]
+    assert "Expected more than 1 spatial element" in skipped["gn_small_batch"]["in"]
+    assert "gn_small_batch" not in cfg["studies"] and len(cfg["studies"]) == len(skipped) - 1
     monkeypatch.chdir(tmp_path)
     Path("mynorms.py").write_text(USER_NORMS)
-    with pytest.raises(ConfigError, match="LinearOnly.*cannot be built.*only after a linear layer"):
-        E.write_battery("mynorms.py:LinearOnly")
-    assert not Path("results/evaluate/LinearOnly/config.yaml").exists()
+    cfg = E.checked_battery([E.candidate("mynorms.py:LinearOnly")], base, trim=True)
+    assert not cfg["studies"]  # it enters no arm: `evaluate` writes a card of reasons
+    assert all("only after a linear layer" in i["skipped"]["LinearOnly"] for i in cfg["evaluate"]["arms"].values())
 
 
-# -- the verdict rules ------------------------------------------------------------------------------
+# -- cost: time and peak memory side by side -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("diffs, word", [
-    ([0.01, -0.02, 0.0, 0.01], C.SAME),        # inside ±0.1
-    ([1.0, 1.2, 0.9, 1.1], C.BETTER),          # wholly above 0, outside the margin
-    ([-1.0, -1.2, -0.9, -1.1], C.WORSE),
-    ([0.05, 0.06, 0.04, 0.05], C.SAME),        # significant but inside the margin: same
-    ([0.2, -0.5, 0.9, -0.1], C.UNDECIDED),
-    ([1.0, 1.0], C.UNDECIDED),                 # two pairs: no verdict (claims' min_n)
-])
-def test_verdict_follows_the_claims_rules(diffs, word):
-    assert C.verdict(diffs, 0.1, "x")[0] == word
+def test_live_bytes_counts_the_tensors_a_step_allocates_at_once():
+    x = torch.ones(1000)  # existed before: not counted
+    with K.LiveBytes([x]) as w:
+        a = x * 2  # 4000 bytes
+        b = a + 1  # 4000 more, both alive
+        del a
+        c = b * 3  # a freed: 8000 at most
+        del b, c
+    assert w.peak == 8000 and w.live == 0
 
 
-def test_lower_is_better_measures_flip_the_sign():
-    ms = next(m for m in C.MEASURES if m.study == "gn_small_batch" and m.judged)
-    values = pd.DataFrame({"norm": ["new"] * 3 + ["bn"] * 3 + ["gn"] * 3, "seed": [0, 1, 2] * 3,
-                           "value": [5.0, 5.5, 5.2, 10.0, 10.4, 10.1, 5.1, 5.3, 5.4]})
-    cells, verdicts, _ = C.grade(ms, values, "new", ["bn", "gn", "ln"])
-    assert verdicts == {"bn": C.BETTER, "gn": C.SAME, "ln": C.NOT_MEASURED}
-    assert cells["bn"].startswith("10.2 [")
+def test_cost_rows_are_relative_to_bn_measured_in_one_process():
+    cost = K.measure({"bn": {"type": "bn"}, "none": {"type": "none"}, "ln": {"type": "ln"}}, shape=(4, 8, 4, 4),
+                     rounds=3, repeats=2, on=["cpu"])
+    assert set(cost.device) == {"cpu"} and len(cost) == 9 and (cost.seconds > 0).all()
+    peak = cost.groupby("norm").peak_bytes.first()
+    out = 4 * 8 * 4 * 4 * 4  # one activation in float32
+    assert peak["none"] == out  # the identity allocates only the input's gradient
+    assert peak["bn"] >= 2 * out  # its output and the input's gradient, at least
+    rows = C.cost_rows(cost, "ln", ["bn", "none"])
+    assert [r["short"] for r in rows] == ["time (cpu)", "memory (cpu)"]
+    assert rows[1]["cells"]["bn"] == "1.00× [1.00×, 1.00×]"
+    assert rows[1]["cells"]["none"] == f"{out / peak['bn']:.2f}× [{out / peak['bn']:.2f}×, {out / peak['bn']:.2f}×]"
+    assert all(v == "" for r in rows for v in r["verdicts"].values())  # an implementation's cost: shown, not graded
 
 
-def test_lr_rank_counts_grid_steps_to_the_largest_lr_that_trained():
-    s = pd.DataFrame({"norm": "bn", "batch_size": 8, "seed": [0, 0, 0, 1, 1, 1], "lr": [0.01, 0.1, 1.0] * 2,
-                      "diverged": [False, False, True, True, True, True],
-                      "collapsed": [False, True, False, False, False, False]})
-    r = C.lr_rank(s, None).set_index("seed").value
-    assert r.to_dict() == {0: 1.0, 1: 0.0}  # seed 0: 0.01 trained, 0.1 collapsed, 1.0 diverged
+def test_the_gpu_peak_is_the_allocators_own(monkeypatch):
+    """On CUDA, peak memory is torch.cuda's: max allocated during the step minus allocated before it."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 1000)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 5096)
+    assert K.peak_bytes(lambda: calls.append("step"), "cuda", []) == 4096 and calls == ["reset", "step"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert K.devices() == ["cpu", "cuda"]
 
 
-def test_activation_scale_is_the_log_ratio_of_last_to_first_layer_at_init():
-    rows = [{"norm": "none", "seed": 0, "metric": "act_std", "step": step, "layer": f"{i}", "value": v}
-            for step, vals in ((0, [2.0, 0.2, 0.02]), (5, [1.0, 1.0, 1.0])) for i, v in enumerate(vals)]
-    rows += [{"norm": "x", "seed": 0, "metric": "act_std", "step": 0, "layer": f"{i}", "value": v}
-             for i, v in enumerate([1.0, 0.0, 0.0])]
-    d = C.activation_scale(None, pd.DataFrame(rows)).set_index("norm").value
-    assert d["none"] == pytest.approx(-2.0) and d["x"] == -C.LOG_CLIP
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cost_on_the_gpu_in_bf16():
+    cost = K.measure({"bn": {"type": "bn"}, "gn": {"type": "gn", "options": {"groups": 4}}}, rounds=2, repeats=2,
+                     bf16=True)
+    gpu = cost[cost.device == "cuda"]
+    assert len(gpu) == 4 and (gpu.peak_bytes > 0).all() and set(gpu.dtype) == {"bf16 autocast"}
+
+
+# -- the card -------------------------------------------------------------------------------------------
+
+
+RUN = {"study": "st", "model": "m", "dataset": "d", "placement": "pre", "activation": "relu", "lr": 0.1,
+       "batch_size": 32}
+
+
+def _summary(rows):
+    return pd.DataFrame([{**RUN, "diverged": False, "collapsed": False, "chance_acc": 0.1, **r} for r in rows])
 
 
 def test_an_axis_line_names_mixed_verdicts():
-    rows = [{"judged": True, "short": "scale", "verdicts": {"bn": C.WORSE, "none": C.BETTER}},
-            {"judged": True, "short": "training", "verdicts": {"bn": C.WORSE, "none": C.SAME}}]
+    rows = [{"judged": True, "short": "scale", "verdicts": {"bn": "worse", "none": "better"}},
+            {"judged": True, "short": "training", "verdicts": {"bn": "worse", "none": "same"}}]
     assert C.axis_line(rows, ["bn", "none"]) == "worse than bn; mixed (better: scale; same: training) against none"
 
 
-# -- end to end: a normalizer that ignores its input's scale, on a micro tier through Snakemake -------
+def test_topup_lists_the_runs_behind_each_undecided_verdict():
+    card = {"norm": "new", "rows": [{"study": "st", "measure": "acc", "view": "best lr",
+                                     "verdicts": {"bn": UNDECIDED, "gn": "same"},
+                                     "reads": {"new": [{"lr": 0.2, "batch_size": 32, "seed": s} for s in (2, 3, 4)],
+                                               "bn": [{"lr": 0.1, "batch_size": 32, "seed": s} for s in (2, 3, 4)],
+                                               "gn": [{"lr": 0.1, "batch_size": 32, "seed": 2}]}}]}
+    t = C.topup(card)
+    assert t[["norm", "lr", "against"]].values.tolist() == [["new", 0.2, "bn"], ["bn", 0.1, "bn"]]
+    assert t.seeds.tolist() == [[2, 3, 4], [2, 3, 4]]
+
+
+def test_smoothness_is_read_after_the_standard_nets_plateau_and_refused_without_one():
+    """Probes count where both the run and the standard net have left their initial plateaus (the
+    study's rule, applied to each); where the standard net never leaves it within the budget, the card
+    refuses to judge and says why."""
+    arm = STUDIES.get("santurkar").card
+    leaves = {"new": 20, "late": 80, "none": 60}  # the step each leaves its plateau (loss 2.3 -> 0.5)
+    s = _summary([{"norm": n, "norm_type": n, "seed": sd} for n in leaves for sd in range(3)])
+    rows = []
+    for n, at in leaves.items():
+        for sd in range(3):
+            for step in range(0, 100, 10):
+                beta = 100.0 if step < at else 3.0 if step < 60 else 1.0 + (n == "none")
+                rows += [{**RUN, "norm": n, "seed": sd, "step": step, "split": "train", "metric": "loss",
+                          "value": 2.3 if step < at else 0.5},
+                         {**RUN, "norm": n, "seed": sd, "step": step, "split": "probe", "metric": "beta_eff",
+                          "value": beta}]
+    m = pd.DataFrame(rows)
+    beta = arm.measures[0]
+    v = beta.values(s, m).groupby("norm").value.apply(list)
+    assert np.allclose(v["new"], 0.0)  # steps ≥ 60 only: the standard net learns there
+    assert np.allclose(v["late"], 0.0)  # steps ≥ 80 only: it learns there itself
+    assert np.allclose(v["none"], np.log10(2.0))
+    flat = m.assign(value=np.where((m.norm == "none") & (m.metric == "loss"), 2.3, m.value))
+    why = beta.untrained(s, flat)
+    assert set(why) == set(leaves) and "never left its initial plateau" in why["new"]
+
+
+def test_the_rise_is_refused_where_the_large_batch_did_not_train():
+    rise = STUDIES.get("gn_small_batch").card.measures[1]
+    s = _summary([{"norm": n, "batch_size": b, "seed": 0, "final_test_acc": 0.9} for n in ("bn", "ln")
+                  for b in (32, 2)])
+    s.loc[(s.norm == "ln") & (s.batch_size == 32), "collapsed"] = True
+    assert list(rise.untrained(s, None)) == ["ln"]
+
+
+# -- end to end: a micro tier through Snakemake -----------------------------------------------------------
 
 MICRO = {
-    "device": "cpu", "threads": 1,
+    "device": "cpu", "threads": 1, "smoke": True,  # every run a few steps: the pipeline, not the numbers
     "norms": {"gn": {"type": "gn", "options": {"groups": 4}}},
     "models": {"tiny": {"type": "vgg", "options": {"layers": [8, "M", 8]}}},
     "train": {"eval_every": 1000},
     "studies": {
         "lr_bs_sweep": {"grid": {"model": ["tiny"], "dataset": ["digits"], "norm": ["bn"], "batch_size": [32],
                                  "lr": [0.05, 0.2], "seed": [0, 1, 2]}, "train": {"steps": 40}},
-        "gn_small_batch": {"grid": {"model": ["tiny"], "dataset": ["digits"], "norm": ["bn"], "batch_size": [16, 4],
-                                    "lr": {"base": 0.4, "reference_batch": 16}, "seed": [0, 1, 2]},
-                           "train": {"epochs": 0.5, "optimizer": "momentum"}},
         "depth_stats": {"grid": {"model": ["tiny"], "dataset": ["digits"], "norm": ["none"], "batch_size": [16],
                                  "lr": [0.01], "seed": [0, 1, 2]},
                         "train": {"steps": 1, "probe_every": 1, "probes": ["act_stats"]}},
-    },  # no santurkar: a tier without a study leaves its axis "not measured"
+    },  # no gn_small_batch, no santurkar: a tier without a study leaves its axis "not measured"
 }
 
 
-def test_a_scale_blind_norm_is_graded_worse_than_bn_end_to_end(tmp_path):
-    (tmp_path / "broken.py").write_text(USER_NORMS)
-    (tmp_path / "micro.yaml").write_text(yaml.safe_dump(MICRO))
-    cmd = [sys.executable, "-m", "normbench.cli", "evaluate", "broken.py:ScaleBlind", "--configfile", "micro.yaml",
+def _evaluate(tmp_path, *args):
+    cmd = [sys.executable, "-m", "normbench.cli", *args, "--configfile", "micro.yaml",
            "--snakefile", str(ROOT / "Snakefile"), "--no-report", "--cores", "2", "--quiet"]
-    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    out = tmp_path / "reports/evaluate/ScaleBlind"
-    t = pd.read_csv(out / "card.csv").set_index("measure")
-    first = {m.study: m.name for m in reversed(C.MEASURES) if m.judged}  # each arm's first judged measure
-    assert t.loc[first["lr_bs_sweep"], "vs bn"] == C.WORSE  # it trains at no lr where BN does
-    assert t.loc[first["gn_small_batch"], "vs bn"] == C.WORSE  # error at the smallest batch per worker
-    assert t.loc[first["depth_stats"], "vs bn"] == C.WORSE  # its activations vanish through depth
-    assert "worse than bn" in (out / "README.md").read_text()
-    smooth = t[t.axis == "landscape smoothness"]
-    assert len(smooth) and (smooth["vs bn"] == C.NOT_MEASURED).all()
-    assert not (tmp_path / "reports/lr_bs_sweep").exists() and not (tmp_path / "results/lr_bs_sweep").exists()
-    assert (tmp_path / "results/evaluate/ScaleBlind/lr_bs_sweep/summary.parquet").exists()
+    return p
+
+
+def _run_files(tmp_path):
+    return {f: f.stat().st_mtime_ns for f in (tmp_path / "results/evaluate/micro").glob("*/runs/summary/**/*.parquet")}
+
+
+@pytest.mark.slow
+def test_cards_share_the_baselines_and_the_leaderboard_trains_nothing_new(tmp_path):
+    (tmp_path / "mynorms.py").write_text(USER_NORMS)
+    (tmp_path / "micro.yaml").write_text(yaml.safe_dump(MICRO))
+    _evaluate(tmp_path, "evaluate", "mynorms.py:ScaleBlind")
+    out = tmp_path / "reports/evaluate/micro/ScaleBlind"
+    t = pd.read_csv(out / "card.csv").fillna("")
+    props = t[t.axis == C.PROPERTIES_AXIS].set_index("measure")
+    assert props.loc["scale-invariant", "ScaleBlind"].startswith("no") and props.loc["scale-invariant", "bn"] \
+        .startswith("yes")
+    batch = t[t.axis == "batch robustness"]["vs bn"]
+    assert (batch == NOT_MEASURED).any() and batch.isin([NOT_MEASURED, ""]).all()  # the micro tier has no such study
+    assert "this tier's config has no such study" in (out / "README.md").read_text()
+    first = _run_files(tmp_path)
+
+    _evaluate(tmp_path, "evaluate", "mynorms.py:HandGN")
+    second = _run_files(tmp_path)
+    new = set(second) - set(first)
+    assert new and all("norm~HandGN" in str(f) for f in new)  # only its own runs trained ...
+    assert all(second[f] == first[f] for f in first)  # ... every baseline run kept as it was
+    assert (tmp_path / "reports/evaluate/micro/HandGN/README.md").exists()
+
+    p = _evaluate(tmp_path, "leaderboard", "--norms", "ScaleBlind", "HandGN", "gn")
+    assert _run_files(tmp_path) == second  # every run on the page was trained by a card
+    page = tmp_path / "reports/evaluate/micro/leaderboard"
+    assert all((page / f).exists() for f in ("README.md", "leaderboard.csv", "leaderboard.html", "leaderboard.png"))
+    assert "Measured: this page took" in (page / "README.md").read_text() and "s wall" in p.stdout
+    lb = pd.read_csv(page / "leaderboard.csv")
+    assert set(lb.norm) == {"ScaleBlind", "HandGN", *E.BASELINES}  # the baselines are always on the page
+
+
+def test_a_normalizer_that_raises_gets_a_card_not_a_crash(tmp_path):
+    (tmp_path / "mynorms.py").write_text(USER_NORMS)
+    (tmp_path / "micro.yaml").write_text(yaml.safe_dump(MICRO))
+    p = _evaluate(tmp_path, "evaluate", "mynorms.py:Boom")
+    assert "raises in its forward" in p.stdout
+    text = (tmp_path / "reports/evaluate/micro/Boom/README.md").read_text()
+    assert "raises RuntimeError: boom" in text and "not measured" in text
+    assert not (tmp_path / "results/evaluate/micro/depth_stats").exists()  # nothing trained

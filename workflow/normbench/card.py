@@ -1,273 +1,289 @@
-"""The report card of ``normbench evaluate``: one row per measure of each axis, NORM's number
-beside each baseline's (Student-t 95% intervals over seeds), and a verdict against each baseline
-by the claims' own rules (``claims.greater`` / ``claims.within`` on paired per-seed differences):
+"""The report card of ``normbench evaluate``: what a reviewer checks first (the properties, measured
+before any training), then one row per measure of each axis -- the normalizer's number beside each
+baseline's (Student-t 95% intervals over seeds, each cell saying the lr it used) and a verdict against
+each baseline by ``normbench.scoring``'s rules -- then the cost.
 
-* **same**: the interval of the difference lies inside ± the measure's margin (``within``);
-* **better** / **worse**: otherwise, the interval lies wholly on the better / worse side of 0
-  (``greater``, reproduced / not reproduced);
-* **undecided**: neither (or fewer than 3 pairs).
-
-Read from the battery's aggregated Parquet alone (no config, no training).
+The axes are the studies' (``Study.card``): nothing here names a study.  Read from the arms' run
+files, the properties table and the cost table alone (no config, no training).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from . import analysis as A
-from .claims import NOT_REPRODUCED, REPRODUCED, Evidence, greater, within
+from . import properties as Pr
 from .report import _html_table, describe
-from .store import METRICS_SCHEMA, SUMMARY_SCHEMA, read_parquet, write_text
-from .studies.gn_small_batch import FLAT
+from .scoring import (BEST, BETTER, NOT_MEASURED, ONE, SAME, SHARED, UNDECIDED, WORSE, Measure, View, grade,
+                      views)
+from .store import METRICS_SCHEMA, SUMMARY_SCHEMA, read_runs, write_text
+from .studies import STUDIES
 
-BETTER, SAME, WORSE, UNDECIDED, NOT_MEASURED = "better", "same", "worse", "undecided", "not measured"
-LOG_CLIP = 45.0  # |log10| of an activation ratio: float32 has no smaller positive number than ~1e-45
-
-
-def verdict(diffs, margin: float, what: str, fmt: str = ".3g") -> tuple[str, Evidence]:
-    """``diffs``: paired per-seed differences NORM − baseline, signed so that positive is better."""
-    same = within(diffs, margin, what, fmt)
-    if same.verdict == REPRODUCED:
-        return SAME, same
-    up = greater(diffs, what, fmt)
-    if up.verdict == REPRODUCED:
-        return BETTER, up
-    if up.verdict == NOT_REPRODUCED:
-        return WORSE, up
-    return UNDECIDED, up
+PROPERTIES_AXIS, COST_AXIS = "properties", "cost"
+WORDS = {BETTER: "better than", SAME: "the same as", WORSE: "worse than", UNDECIDED: "undecided against",
+         NOT_MEASURED: "not measured against"}
 
 
-# -- per-seed values: one function per measure, (summary, metrics) -> norm, pair keys, value --------
+def card_arms() -> list[tuple[str, object]]:
+    """(study, its CardArm) for every study that declares one, in the card's order."""
+    arms = [(name, st.card) for name, st in STUDIES.items() if st.card is not None]
+    return sorted(arms, key=lambda a: (a[1].order, a[0]))
 
 
-def lr_rank(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
-    """Per batch size and seed: how many steps up the lr grid the seed's largest lr that trained
-    (neither diverged nor collapsed) is; 0 if it trained at none."""
+arms = card_arms
+
+
+# -- the axes of the studies ---------------------------------------------------------------------------
+
+
+def arm_rows(study: str, arm, s: pd.DataFrame, m: pd.DataFrame, info: dict | None, norm: str,
+             baselines: list[str], pool=None) -> list[dict]:
+    """Every measure of one arm graded on its views: at the best lr (the axis's verdict) and at the shared
+    lr beside it where the arm sweeps; on its one view where it does not."""
+    vs = views(arm, s, m, info)
     rows = []
-    for bs, g in s.groupby("batch_size"):
-        grid = sorted(g.lr.unique())
-        ok = g.assign(ok=~A.failed(g))
-        for (norm, seed), h in ok.groupby(["norm", "seed"]):
-            top = [grid.index(lr) + 1 for lr in h.lr[h.ok]]
-            rows.append({"norm": norm, "batch_size": bs, "seed": seed, "value": float(max(top, default=0))})
-    return pd.DataFrame(rows, columns=["norm", "batch_size", "seed", "value"])
+    for ms in arm.measures:
+        names = [ONE] if ONE in vs else ([BEST, SHARED] if ms.tuned and ms.beside else [BEST] if ms.tuned
+                                         else [SHARED])
+        for name in names:
+            view = vs[name]
+            what = f", at {name}" if name != ONE else ""
+            row = grade(ms, view, norm, baselines, what, pool)
+            rows.append({**row, "axis": arm.axis, "study": study, "counts": name in (BEST, ONE) or not ms.tuned})
+    return rows
 
 
-def every_seed_lr(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
-    """Per batch size: the largest lr at which every seed trained (``analysis.max_stable_lr``)."""
-    t = A.max_stable_lr(s)
-    return t.assign(value=t.max_trained_lr)[["norm", "batch_size", "value"]]
+def absent_rows(arm, norm: str, baselines: list[str], why: str) -> list[dict]:
+    return [{"axis": arm.axis, "study": None, "measure": ms.name, "short": ms.short, "view": "", "judged": ms.judged,
+             "cells": {}, "lrs": {}, "verdicts": {b: NOT_MEASURED if ms.judged else "" for b in baselines},
+             "evidence": {}, "why": {b: why for b in baselines} if ms.judged else {}, "margin": ms.margin_text,
+             "reads": {}, "counts": True} for ms in arm.measures]
 
 
-def per_batch(values: pd.Series, rows: pd.DataFrame) -> str:
-    return ", ".join(f"{v:g} at batch {b}" if math.isfinite(v) else f"none at batch {b}"
-                     for b, v in zip(rows.batch_size, values)) or "–"
+def tuning_text(arm, info: dict | None) -> str:
+    if arm.tune is None or not info:
+        return f"one lr: {arm.one_lr}" if arm.one_lr else "one lr"
+    t = arm.tune
+    lrs = ", ".join(f"{f * info['shared_lr']:g}" for f in t.factors)
+    per = f" (per {', '.join(t.group).replace('_', ' ')})" if t.group else ""
+    return (f"each normalizer at its best {t.what}{per} from {{{lrs}}}, chosen by its mean on seeds "
+            f"{', '.join(map(str, info['select']))} (the same rule for every normalizer) and measured on the other "
+            f"seeds; the shared {t.what} {info['shared_lr']:g} (every seed) beside it")
 
 
-def small_batch_error(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
-    """Test error (%) at the smallest batch per worker; a diverged run counts at chance."""
-    g = s[s.batch_size == s.batch_size.min()]
-    acc = g.final_test_acc.where(~g.diverged.astype(bool), g.chance_acc)
-    return g.assign(value=100 * (1 - acc))[["norm", "seed", "value"]]
+# -- cost --------------------------------------------------------------------------------------------
 
 
-def error_rise(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
-    """Test error (%) at the smallest batch minus at the largest, per seed (shown, not judged)."""
-    e = s.assign(err=100 * (1 - s.final_test_acc.where(~s.diverged.astype(bool), s.chance_acc)))
-    small, large = e[e.batch_size == e.batch_size.min()], e[e.batch_size == e.batch_size.max()]
-    d = small.set_index(["norm", "seed"]).err - large.set_index(["norm", "seed"]).err
-    return d.rename("value").reset_index()
+def _relative(cost: pd.DataFrame, column: str) -> pd.DataFrame:
+    """log10(value / BN's) per round: the card's cost values, relative to BN measured beside it."""
+    c = cost.assign(v=np.log10(cost[column].astype(float).clip(lower=1e-12)))
+    bn = c[c.norm == "bn"].set_index("round").v
+    return c.assign(value=c.v - c["round"].map(bn))[["norm", "round", "value"]]
 
 
-def activation_scale(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
-    """log10(activation std at the last layer / at the first) at initialization (the first probe)."""
-    a = m[(m.metric == "act_std") & (m.step == m[m.metric == "act_std"].step.min())]
+def _ratio(v: float) -> str:
+    return f"{10 ** v:.2f}×"
+
+
+def cost_rows(cost: pd.DataFrame | None, norm: str, baselines: list[str]) -> list[dict]:
+    """Time and peak memory relative to BN, per device (memory is deterministic: its rounds agree
+    exactly).  Shown, never graded: they measure an implementation, not the function it computes (a
+    layer written in Python ops is slower than a fused kernel of the same normalizer)."""
+    from .cost import SHAPE
+
     rows = []
-    for (norm, seed), g in a.groupby(["norm", "seed"]):
-        g = A.layer_index(g)
-        first, last = g[g.depth == g.depth.min()].value.iloc[0], g[g.depth == g.depth.max()].value.iloc[0]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = float(np.log10(np.float64(last) / np.float64(first)))
-        r = LOG_CLIP if math.isnan(r) else float(np.clip(r, -LOG_CLIP, LOG_CLIP))  # nan: inf / inf, exploded
-        rows.append({"norm": norm, "seed": seed, "value": r})
-    return pd.DataFrame(rows, columns=["norm", "seed", "value"])
+    if cost is None or cost.empty:
+        return rows
+    for (device, dtype), c in cost.groupby(["device", "dtype"], sort=False):
+        where = f"{'CPU' if device == 'cpu' else 'GPU'}, {dtype}"
+        bn = c[c.norm == "bn"]
+        for column, what, absolute in (
+                ("seconds", f"forward + backward time of one layer on {'×'.join(map(str, SHAPE))}, relative to BN "
+                            f"({where})", f"BN {1e6 * bn.seconds.median():.0f} µs"),
+                ("peak_bytes", f"peak memory of that forward + backward, relative to BN ({where})",
+                 f"BN {bn.peak_bytes.median() / 2 ** 20:.2f} MiB")):
+            rel = _relative(c, column)
+            ms = Measure(f"{what}; {absolute}", f"{'time' if column == 'seconds' else 'memory'} ({device})",
+                         lambda s, m, rel=rel: rel, "lower", math.log10(1.25), "", keys=("round",), show=_ratio,
+                         trains=False, judged=False)
+            runs = c.assign(lr=np.nan, batch_size=0, seed=c["round"], diverged=False)
+            rows.append({**grade(ms, View(ONE, runs, c.head(0), {}), norm, baselines), "axis": COST_AXIS,
+                         "study": None, "counts": True, "reads": {}})
+    return rows
 
 
-def scale_drift(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
-    """How far the activation scale drifts through depth: |log10(std last / std first)|."""
-    d = activation_scale(s, m)
-    return d.assign(value=d.value.abs())
+# -- properties ---------------------------------------------------------------------------------------
 
 
-def final_acc(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
-    acc = s.final_test_acc.where(~s.diverged.astype(bool), s.chance_acc)
-    return s.assign(value=acc)[["norm", "seed", "value"]]
+def property_table(props: pd.DataFrame | None, norms: list[str]) -> pd.DataFrame:
+    if props is None or props.empty:
+        return pd.DataFrame(columns=["property", *norms, "rule"])
+    p = props.assign(cell=props.apply(Pr.cell, axis=1))
+    t = p.pivot(index="property", columns="norm", values="cell").reindex(columns=norms)
+    order = [q.name for q in Pr.PROPERTIES]
+    t = t.reindex([o for o in order if o in t.index])
+    rules = p.drop_duplicates("property").set_index("property").rule
+    return t.assign(rule=rules.reindex(t.index)).reset_index().fillna("–")
 
 
-def probe_log(metric: str) -> Callable:
-    def values(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
-        """log10 of the run's median ``metric`` over its probes."""
-        d = m[m.metric == metric].groupby(["norm", "seed"]).value.median()
-        return np.log10(d.clip(lower=1e-30)).rename("value").reset_index()
-    return values
-
-
-def cost_log(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
-    """``s`` is the cost table here: log10 seconds per forward + backward, per round."""
-    return s.assign(value=np.log10(s.seconds))[["norm", "round", "value"]]
-
-
-@dataclass(frozen=True)
-class Measure:
-    axis: str
-    name: str  # what it measures, with its unit
-    study: str  # whose Parquet it reads ("cost": the cost table)
-    values: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame]
-    short: str  # its name in an axis line
-    better: str  # "higher" | "lower"
-    margin: float  # "same" if the paired difference lies inside ± this
-    margin_text: str
-    show: Callable[[float], str] = lambda v: f"{v:.3g}"
-    judged: bool = True  # False: shown beside, no verdict
-    cell: Callable[[pd.Series, pd.DataFrame], str] | None = None  # a norm's cell, if not mean [t interval]
-
-    @property
-    def keys(self) -> list[str]:
-        return {"lr_bs_sweep": ["batch_size", "seed"], "cost": ["round"]}.get(self.study, ["seed"])
-
-
-MEASURES = (
-    Measure("learning-rate robustness", "largest lr at which every seed trained", "lr_bs_sweep", every_seed_lr,
-            "every seed", "higher", 0.0, "", judged=False, cell=per_batch),
-    Measure("learning-rate robustness", "largest lr that trained (steps up the lr grid, per batch size and seed)",
-            "lr_bs_sweep", lr_rank, "lr", "higher", 0.5, "half a grid step"),
-    Measure("batch robustness", "test error (%) at the smallest batch per worker", "gn_small_batch",
-            small_batch_error, "smallest batch", "lower", FLAT, f"{FLAT} points (gn_small_batch's 'flat')",
-            lambda v: f"{v:.1f}"),
-    Measure("batch robustness", "rise in test error (points) from the largest to the smallest batch",
-            "gn_small_batch", error_rise, "rise", "lower", FLAT, "", lambda v: f"{v:+.1f}", judged=False),
-    Measure("depth", "|log10(activation std, last / first layer)| at init, 100 plain conv layers", "depth_stats",
-            scale_drift, "activation scale", "lower", math.log10(2), "a factor of 2"),
-    Measure("depth", "test accuracy of the 100-layer plain conv net after its budget", "depth_stats", final_acc,
-            "training", "higher", 0.05, "5 points"),
-    Measure("landscape smoothness", "effective β-smoothness (log10, median over probes)", "santurkar",
-            probe_log("beta_eff"), "β_eff", "lower", math.log10(2), "a factor of 2",
-            lambda v: f"{10 ** v:.3g}"),
-    Measure("landscape smoothness", "gradient predictiveness, max ‖∇L(W − ηg) − g‖ (log10, median over "
-            "probes)",
-            "santurkar", probe_log("grad_pred_max"), "gradient predictiveness", "lower", math.log10(2),
-            "a factor of 2", lambda v: f"{10 ** v:.3g}"),
-    Measure("cost", "forward + backward time of one layer on 32×16×16×16, µs (this machine)", "cost", cost_log,
-            "time", "lower", math.log10(1.25), "25%", lambda v: f"{1e6 * 10 ** v:.0f}"),
-)
-
-
-def _cell(values: pd.Series, show) -> str:
-    mean, lo, hi = A.t_interval(values)
-    if not math.isfinite(mean):
-        return "–"
-    return show(mean) + (f" [{show(lo)}, {show(hi)}]" if math.isfinite(lo) else "")
-
-
-def grade(measure: Measure, values: pd.DataFrame, norm: str, baselines: list[str]) -> tuple[dict, dict, dict]:
-    """Cells (norm -> 'mean [lo, hi]'), verdicts and evidence (baseline -> …) of one measure."""
-    cells = {n: (measure.cell(values[values.norm == n].value, values[values.norm == n]) if measure.cell
-                 else _cell(values[values.norm == n].value, measure.show)) for n in [norm, *baselines]}
-    verdicts, evidence = {}, {}
-    sign = 1.0 if measure.better == "higher" else -1.0
-    for b in baselines:
-        if not measure.judged or (values.norm == b).sum() == 0 or (values.norm == norm).sum() == 0:
-            verdicts[b] = NOT_MEASURED if measure.judged else ""
-            continue
-        diffs = sign * A.paired(values, "value", "norm", norm, b, measure.keys)
-        verdicts[b], evidence[b] = verdict(diffs, measure.margin, f"{norm} vs {b}, {measure.name}, "
-                                           f"{'higher' if sign > 0 else 'lower'} is better (signed so + is better)")
-    return cells, verdicts, evidence
+# -- the card -------------------------------------------------------------------------------------------
 
 
 def axis_line(rows: list[dict], baselines: list[str]) -> str:
-    """One line per axis: per baseline the verdict its measures agree on, else 'mixed' with each."""
+    """One line per axis: per baseline the verdict its counted measures agree on, else 'mixed' with each."""
+    if not any(r["judged"] for r in rows):
+        return "shown beside the baselines, not graded"
     by: dict[str, list[str]] = {}
     for b in baselines:
-        vs = [(r["verdicts"][b], r["short"]) for r in rows if r["judged"] and r["verdicts"][b] != NOT_MEASURED]
-        v = (NOT_MEASURED if not vs else vs[0][0] if len({w for w, _ in vs}) == 1
-             else "mixed (" + "; ".join(f"{w}: {s}" for w, s in vs) + ")")
+        vs = [(r["verdicts"][b], r["short"]) for r in rows if r["judged"] and r.get("counts", True)]
+        measured = [(w, s) for w, s in vs if w != NOT_MEASURED]
+        v = (NOT_MEASURED if not measured else measured[0][0] if len({w for w, _ in measured}) == 1
+             else "mixed (" + "; ".join(f"{w}: {s}" for w, s in measured) + ")")
         by.setdefault(v, []).append(b)
-    words = {BETTER: "better than", SAME: "the same as", WORSE: "worse than", UNDECIDED: "undecided against",
-             NOT_MEASURED: "not measured against"}
-    return "; ".join(f"{words.get(v, v + ' against')} {', '.join(bs)}" for v, bs in by.items())
+    return "; ".join(f"{WORDS.get(v, v + ' against')} {', '.join(bs)}" for v, bs in by.items())
 
 
-def build(norm: str, baselines: list[str], data: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> dict:
-    """``data``: study -> (summary, metrics) of the battery, and "cost" -> (cost table, empty).  Every
-    measure graded; an absent study leaves its measures 'not measured'."""
-    rows = []
-    for ms in MEASURES:
-        if ms.study not in data:
-            rows.append({"axis": ms.axis, "measure": ms.name, "short": ms.short, "cells": {}, "judged": ms.judged,
-                         "verdicts": {b: NOT_MEASURED for b in baselines}, "evidence": {}, "margin": ms.margin_text})
+def build(norm: str, baselines: list[str], data: dict[str, tuple[pd.DataFrame, pd.DataFrame]],
+          arms_info: dict | None = None, props: pd.DataFrame | None = None, cost: pd.DataFrame | None = None) -> dict:
+    """``data``: study -> (summary, metrics) of its arm's runs; ``arms_info``: study -> the arm's
+    reading (shared lr, choosing seeds).  Every declared arm graded; an arm the tier lacks is 'not
+    measured'."""
+    arms_info = arms_info or {}
+    rows, setting = [], {}
+    for study, arm in arms():
+        if study not in data:
+            skipped = arms_info.get(study, {}).get("skipped", {}).get(norm)
+            why = f"{norm}: {skipped}" if skipped else "this tier's config has no such study"
+            rows += absent_rows(arm, norm, baselines, why)
+            setting[arm.axis] = "not run" + ("" if skipped else " in this config")
             continue
-        s, m = data[ms.study]
-        cells, verdicts, evidence = grade(ms, ms.values(s, m), norm, baselines)
-        rows.append({"axis": ms.axis, "measure": ms.name, "short": ms.short, "cells": cells, "verdicts": verdicts,
-                     "judged": ms.judged,
-                     "evidence": evidence, "margin": ms.margin_text})
-    axes = {}
+        s, m = data[study]
+        rows += arm_rows(study, arm, s, m, arms_info.get(study), norm, baselines)
+        setting[arm.axis] = f"{nets(s)}; {tuning_text(arm, arms_info.get(study))}"
+    cost_part = cost_rows(cost, norm, baselines)
+    rows += cost_part
+    if cost_part:
+        devs = sorted(set(cost.device))
+        setting[COST_AXIS] = (f"{len(set(cost['round']))} alternating rounds on {', '.join(devs)}, each layer "
+                              f"alone on one thread" + ("" if "cuda" in devs else "; no GPU on the machine that "
+                                                                                  "ran the card"))
+    axes: dict[str, list[dict]] = {}
     for r in rows:
         axes.setdefault(r["axis"], []).append(r)
-    setting = {ms.axis: _runs(describe(data[ms.study][0])) if ms.study in data else "not run in this config"
-               for ms in MEASURES if ms.study != "cost"}
     return {"norm": norm, "baselines": baselines, "rows": rows, "setting": setting,
+            "properties": property_table(props, [norm, *baselines]),
             "summary": {a: axis_line(rs, baselines) for a, rs in axes.items()}}
 
 
+def unrunnable(norm: str, baselines: list[str], props: pd.DataFrame, why: str) -> dict:
+    """The card of a normalizer that no arm can train (its forward raises on an ordinary batch, say):
+    its properties, and every axis not measured, with ``why``."""
+    rows = [r for _, arm in arms() for r in absent_rows(arm, norm, baselines, why)]
+    return {"norm": norm, "baselines": baselines, "rows": rows, "setting": {},
+            "properties": property_table(props, [norm]),
+            "summary": {r["axis"]: f"not measured ({why})" for r in rows}}
+
+
+def nets(s: pd.DataFrame) -> str:
+    """The setting of an arm's runs, per net it trains."""
+    return "; ".join(_runs(describe(g)) for _, g in s.groupby("model", sort=False))
+
+
 def _runs(text: str) -> str:
-    """A layer list of one width repeated (the 100-layer net) written as [8] × 100."""
+    """A layer list of one width repeated (a 100-layer net) written as [8] × 100."""
     return re.sub(r"\[(\d+)(?:, \1\b)+\]", lambda m: f"[{m.group(1)}] × {m.group(0).count(',') + 1}", text)
 
 
-def read(studies: dict[str, tuple[str, str]], cost_path: str | None) -> dict:
-    data = {st: (read_parquet(s, SUMMARY_SCHEMA), read_parquet(m, METRICS_SCHEMA)) for st, (s, m) in studies.items()}
-    if cost_path:
-        data["cost"] = (pd.read_parquet(cost_path), pd.DataFrame())
-    return data
+def read(studies: dict[str, tuple[list[str], list[str]]]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """study -> (its arm's run summary files, metrics files) -> study -> (summary, metrics)."""
+    return {st: (read_runs(s, SUMMARY_SCHEMA).to_pandas(), read_runs(m, METRICS_SCHEMA).to_pandas())
+            for st, (s, m) in studies.items()}
+
+
+def topup(card: dict) -> pd.DataFrame:
+    """The hook for adding seeds to undecided verdicts (as the claims do): per undecided verdict, the
+    runs its cells read -- the study, the norm, and the (lr, batch size) settings with the seeds
+    already read.  More seeds of exactly these settings are what would decide it."""
+    out = []
+    for r in card["rows"]:
+        if not r.get("study"):
+            continue
+        for b, v in r["verdicts"].items():
+            if v != UNDECIDED:
+                continue
+            for n in (card["norm"], b):
+                for (lr, bs), g in pd.DataFrame(r["reads"].get(n, [])).groupby(["lr", "batch_size"]):
+                    out.append({"study": r["study"], "measure": r["measure"], "view": r["view"], "against": b,
+                                "norm": n, "lr": lr, "batch_size": int(bs), "seeds": sorted(map(int, g.seed))})
+    cols = ["study", "measure", "view", "against", "norm", "lr", "batch_size", "seeds"]
+    return pd.DataFrame(out, columns=cols).drop_duplicates(subset=cols[:7]) if out else pd.DataFrame(columns=cols)
+
+
+def _with_lr(r: dict, n: str) -> str:
+    cell = r["cells"].get(n, "–")
+    lr = r["lrs"].get(n) if r["view"] in (BEST, SHARED) else None
+    return f"{cell} ({lr})" if lr and cell != "–" else cell
 
 
 def table(card: dict) -> pd.DataFrame:
+    """One row per property and per graded measure: the norm's cell, each baseline's, the verdicts."""
     norm, bl = card["norm"], card["baselines"]
     out = []
+    for _, p in card["properties"].iterrows():
+        out.append({"axis": PROPERTIES_AXIS, "measure": p["property"], "view": "", norm: p.get(norm, "–"),
+                    **{b: p.get(b, "–") for b in bl}, **{f"vs {b}": "" for b in bl}, "same within": p["rule"]})
     for r in card["rows"]:
-        out.append({"axis": r["axis"], "measure": r["measure"], norm: r["cells"].get(norm, "–"),
-                    **{b: r["cells"].get(b, "–") for b in bl},
-                    **{f"vs {b}": r["verdicts"].get(b, "") for b in bl}, "same within": r["margin"]})
-    return pd.DataFrame(out)
+        out.append({"axis": r["axis"], "measure": r["measure"], "view": r["view"], norm: _with_lr(r, norm),
+                    **{b: _with_lr(r, b) for b in bl}, **{f"vs {b}": r["verdicts"].get(b, "") for b in bl},
+                    "same within": r["margin"]})
+    return pd.DataFrame(out, columns=["axis", "measure", "view", norm, *bl, *[f"vs {b}" for b in bl],
+                                      "same within"])
+
+
+RULES = ("A verdict is *same* if the interval of the paired difference lies inside ± the margin, *better* / "
+         "*worse* if it lies wholly beyond +margin / −margin (by more than the margin), else *undecided*; "
+         "*not measured* where the runs cannot be read (why is listed below). At each normalizer's best lr "
+         "the lr is chosen on some seeds and measured on the others (no winner's curse), and *better* must "
+         "hold against the baseline at every lr of its sweep (*worse*: against every lr of the normalizer's).")
 
 
 def write(card: dict, out_dir: str | Path) -> None:
     """README.md (the card), card.csv (its table) and card.html (for the Snakemake report)."""
     out, norm = Path(out_dir), card["norm"]
     t = table(card)
+    props = card["properties"]
     lines = [f"# Report card: {norm}", "",
-             f"`{norm}` beside the baselines {', '.join(card['baselines'])} on each axis: {A.INTERVAL}, "
-             f"paired by seed (cost: by alternating round). A verdict is *same* if the interval of the paired "
-             f"difference lies inside the margin, else *better*/*worse* if it lies wholly on one side of 0, else "
-             f"*undecided* (the claims' Student-t rules).", "", "## Verdicts", ""]
-    lines += [f"- **{a}**: {norm} is {line}." for a, line in card["summary"].items()]
-    lines += ["", "## Measures", "", t.to_markdown(index=False), "", "[CSV](card.csv)", "", "## Setting", ""]
+             f"`{norm}` beside the baselines {', '.join(card['baselines'])}: its properties first (measured in "
+             f"seconds, no training), then each axis ({A.INTERVAL}, paired by seed; cost: by alternating round). "
+             + RULES, "", "## Properties", "",
+             props.to_markdown(index=False) if len(props) else "not measured", "", "## Verdicts", ""]
+    lines += [f"- **{a}**: " + (line if line.startswith("shown") else f"{norm} is {line}") + "."
+              for a, line in card["summary"].items()]
+    measures = t[t.axis != PROPERTIES_AXIS]
+    lines += ["", "## Measures", "", measures.to_markdown(index=False), "", "[CSV](card.csv)", "",
+              "## Setting", ""]
     lines += [f"- {axis}: {text}" for axis, text in card.get("setting", {}).items()]
+    why = []
+    for r in card["rows"]:
+        by: dict[str, list[str]] = {}
+        for b, w in r.get("why", {}).items():
+            by.setdefault(w, []).append(b)
+        why += [f"- {r['axis']}, {r['measure']}" + (f" ({r['view']})" if r["view"] else "") + f" vs {', '.join(bs)}: {w}"
+                for w, bs in by.items()]
+    if why:
+        lines += ["", "## Not measured, and why", "", *why]
     lines += ["", "## Evidence", ""]
     for r in card["rows"]:
-        for b, ev in r["evidence"].items():
+        for ev in r["evidence"].values():
             lines.append(f"- {ev.measured}" + (f" — {ev.note}" if ev.note else ""))
-    lines += ["", "Runs that diverged count at chance accuracy; cost is measured on the machine that ran the card, "
-              "one thread, each layer alone."]
+    lines += ["", "Runs that diverged count at chance accuracy. Cost is measured on the machine that wrote the card, "
+              "one thread, each layer alone, and shown, not graded: it measures this implementation, not the "
+              "function it computes."]
     write_text(t.to_csv(index=False), out / "card.csv")
     write_text(_html_table(t, f"Report card of {norm}: " + "; ".join(f"{a}: {line}" for a, line in
                                                                    card["summary"].items())), out / "card.html")

@@ -132,6 +132,12 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_leaderboard(args, extra: list[str]) -> int:
+    from .evaluate import leaderboard
+
+    return leaderboard(args.configfile, args.snakefile, extra, report=not args.no_report, only=args.norms)
+
+
 def cmd_compare(args) -> int:
     import pandas as pd
 
@@ -218,10 +224,12 @@ COMMANDS = {
                           "this often (0: no progress display)"),
                 *WORKFLOW_ARGS]),
     "evaluate": (cmd_evaluate, "a report card for one normalizer beside bn, gn, ln and none",
-                 "Add NORM beside the baselines (bn, gn, ln, none) to a battery of the studies (lr and batch "
-                 "robustness, depth, landscape smoothness) plus a timing of one layer, run it through the pipeline "
-                 "under results/evaluate/<norm>/ (the same command resumes) and write the report card "
-                 "reports/evaluate/<norm>/README.md. Further arguments go to Snakemake.", [
+                 "Measure NORM's properties (seconds), add it beside the baselines (bn, gn, ln, none) to the arm "
+                 "each study declares for the card (lr and batch robustness, depth, landscape smoothness; each "
+                 "normalizer at its best lr), time and weigh one layer beside them, run it through the pipeline "
+                 "under results/evaluate/<tier>/ (shared by every card of the tier: finished baseline runs are "
+                 "reused; the same command resumes) and write the report card "
+                 "reports/evaluate/<tier>/<norm>/README.md. Further arguments go to Snakemake.", [
                      _arg("norm", metavar="NORM", help="a registry name (gn, in, ...), 'package.module:Class' or "
                                                        "'path/to/file.py:Class'"),
                      _arg("--options", nargs="+", action="extend", metavar="KEY=VALUE",
@@ -230,6 +238,17 @@ COMMANDS = {
                           help="derive the battery from this config's studies (a real-data or full-scale tier) "
                                "instead of the embedded default"),
                      *WORKFLOW_ARGS]),
+    "leaderboard": (cmd_leaderboard, "every registered and every evaluated normalizer on one page",
+                    "Grade every built-in normalizer and every one already evaluated on this tier against BN on "
+                    "every axis of the report card (training only the runs no card has trained yet), and write "
+                    "reports/evaluate/<tier>/leaderboard/ (Markdown, CSV, HTML and a figure), stating its measured "
+                    "wall time. Further arguments go to Snakemake.", [
+                        _arg("--configfile", metavar="FILE",
+                             help="derive the arms from this config's studies (a real-data or full-scale tier) "
+                                  "instead of the embedded default"),
+                        _arg("--norms", nargs="+", metavar="NORM",
+                             help="only these normalizers (ids as on the page; bn, the reference, always)"),
+                        *WORKFLOW_ARGS]),
     "compare": (cmd_compare, "every claim's verdict from several results folders side by side",
                 "Print each claim's verdict from two or more results folders (another seed list, instruction set, "
                 "thread count or device) and exit 1 if any differs.", [
@@ -261,7 +280,7 @@ COMMANDS = {
                            help="the real-data slice trains as many epochs (3, 2, 1, ½, ¼) as fit this"),
                       _arg("--snakefile", metavar="FILE", help="the workflow (default: ./Snakefile of this checkout)")]),
 }
-PASSTHROUGH = {"run", "evaluate"}  # commands whose unknown arguments go on to Snakemake
+PASSTHROUGH = {"run", "evaluate", "leaderboard"}  # commands whose unknown arguments go on to Snakemake
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,7 +51,7 @@ class WorkerBatchNorm(PerWorker):
         if self.workers == 1 or not self.training:
             return super().forward(x)
         # one pass on every device: the same arithmetic on the CPU and the GPU (and ~20% faster on the
-        # CPU than a transposed batch_norm call, measured on gn_small_batch's vectorized MLP packs)
+        # CPU than a transposed batch_norm call, measured on the GN small-batch study's vectorized MLP packs)
         return self.forward_one_pass(x)
 
     def forward_one_pass(self, x):

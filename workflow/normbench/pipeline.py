@@ -315,7 +315,7 @@ class Pipeline:
         """A rough size of the pack's work, so that Snakemake starts the longest jobs first and no long
         job is left to run alone at the end: steps × runs (× 3 for a probed solo run).  A vectorized
         group counts every member: on the CPU a member-step costs about what a solo step does (measured
-        on the default: 2.7 ms per member-step for lr_bs_sweep's 25-member packs)."""
+        on the default: 2.7 ms per member-step for the lr sweep's 25-member packs)."""
         from .runners.sgd import plan
         from .train import total_steps
 

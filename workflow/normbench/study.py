@@ -3,7 +3,8 @@
 A study module (``studies/<name>.py``) defines ``STUDY = Study(...)``: its
 question and paper, the runner its runs use, the tables and figures its report
 produces and the function that builds them, and the paper's claims checked
-against its data.
+against its data; and, if it contributes an axis to the report card of
+``normbench evaluate``, its arm and measures (``normbench.scoring.CardArm``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import pandas as pd
+
+from .scoring import CardArm  # noqa: F401  (the type of ``card``)
 
 
 @dataclass(frozen=True)
@@ -25,3 +28,4 @@ class Study:
     figures: dict[str, str] = field(default_factory=dict)
     runner: str = "sgd"
     claims: tuple = ()  # normbench.claims.Claim, each
+    card: "CardArm | None" = None  # its arm of `normbench evaluate`'s report card, and the measures it reads

@@ -42,10 +42,32 @@ wildcard_constraints:
 
 
 def all_targets():
-    summaries = [f"{RESULTS}/{s}/summary.parquet" for s in PIPE.studies]
-    if EVALUATE:  # never the studies' own reports: reports/<study>/ belongs to the default pipeline
-        return summaries + [f"{EVALUATE['reports']}/{f}" for f in ("README.md", "card.csv", "card.html")]
-    return summaries + report_targets()
+    if EVALUATE:  # the card or the leaderboard, read from the arms' runs (shared by every card of the tier)
+        return [f"{EVALUATE['reports']}/{f}" for f in evaluate_files()]
+    return [f"{RESULTS}/{s}/summary.parquet" for s in PIPE.studies] + report_targets()
+
+
+def evaluate_norms():
+    """The normalizers on `normbench evaluate`'s page: those graded, then the baselines."""
+    return [*EVALUATE["norms"], *EVALUATE["baselines"]]
+
+
+def evaluate_entry(norm):
+    """A norm's registry type and options, as the config names it."""
+    entry = PIPE.norms.get(norm)
+    return {"type": entry.type if entry else norm, "options": entry.options if entry else {}}
+
+
+def evaluate_markers(wildcards=None):
+    """Every pack of the arms: the page (and the timing) come after all training."""
+    return [m for s in PIPE.studies for m in PIPE.markers(s)]
+
+
+def evaluate_files():
+    """The files of `normbench evaluate`'s page (the HTML one last: the Snakemake report shows it)."""
+    if EVALUATE["page"] == "leaderboard":
+        return ["README.md", "leaderboard.csv", "leaderboard.png", "leaderboard.svg", "leaderboard.html"]
+    return ["README.md", "card.csv", "card.html"]
 
 
 def dataset_markers(wildcards):

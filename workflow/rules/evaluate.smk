@@ -1,52 +1,61 @@
-# `normbench evaluate NORM` (a config with an `evaluate:` block): after the battery's studies are
-# trained and aggregated, the cost of one layer is timed and the report card is written from
-# their Parquet into reports/evaluate/<norm>/.  The studies' own reports are not built.
+# `normbench evaluate NORM` and `normbench leaderboard` (a config with an `evaluate:` block): the
+# properties of every normalizer (seconds, first), the arms' training runs (ordinary train jobs, shared
+# by every card of the tier), the cost of one layer timed side by side after the training, and the page
+# -- a card or the leaderboard -- read from the arms' run files.  The studies' own reports are not built.
 if EVALUATE:
+
+    rule evaluate_properties:
+        output:
+            f"{RESULTS}/properties/{EVALUATE['name']}.parquet",
+        log:
+            f"{LOGS}/evaluate/properties/{EVALUATE['name']}.log",
+        priority: 1000  # seconds, and what a reviewer reads first: before any training
+        localrule: True
+        conda:
+            ENV
+        params:
+            norms={n: evaluate_entry(n) for n in evaluate_norms()},
+            dtype=EVALUATE["dtype"],
+        script:
+            "../scripts/evaluate_properties.py"
 
     rule evaluate_cost:
         input:
-            # after every training job: the timing runs on a machine no training shares
-            [f"{RESULTS}/{s}/summary.parquet" for s in PIPE.studies],
+            evaluate_markers,  # after every training job: the timing runs on a machine no training shares
         output:
-            f"{RESULTS}/cost.parquet",
+            f"{RESULTS}/cost/{EVALUATE['name']}.parquet",
         log:
-            f"{LOGS}/evaluate/cost.log",
+            f"{LOGS}/evaluate/cost/{EVALUATE['name']}.log",
         localrule: True
         conda:
             ENV
         params:
-            norms={
-                n: {
-                    "type": PIPE.norms[n].type if n in PIPE.norms else n,
-                    "options": PIPE.norms[n].options if n in PIPE.norms else {},
-                }
-                for n in [EVALUATE["norm"], *EVALUATE["baselines"]]
-            },
+            norms={n: evaluate_entry(n) for n in evaluate_norms()},
+            dtype=EVALUATE["dtype"],
+            bf16=EVALUATE["bf16"],
         script:
             "../scripts/evaluate_cost.py"
 
-    rule evaluate_card:
+    rule evaluate_page:
         input:
-            summaries=[f"{RESULTS}/{s}/summary.parquet" for s in PIPE.studies],
-            metrics=[f"{RESULTS}/{s}/metrics.parquet" for s in PIPE.studies],
-            cost=f"{RESULTS}/cost.parquet",
+            markers=evaluate_markers(),
+            properties=f"{RESULTS}/properties/{EVALUATE['name']}.parquet",
+            cost=f"{RESULTS}/cost/{EVALUATE['name']}.parquet",
         output:
-            md=f"{EVALUATE['reports']}/README.md",
-            csv=f"{EVALUATE['reports']}/card.csv",
+            [f"{EVALUATE['reports']}/{f}" for f in evaluate_files() if not f.endswith(".html")],
             html=report(
-                f"{EVALUATE['reports']}/card.html",
+                f"{EVALUATE['reports']}/{evaluate_files()[-1]}",
                 caption="../report/evaluate.rst",
                 category="Evaluate",
-                labels={"norm": EVALUATE["norm"], "table": "report card"},
+                labels={"page": EVALUATE["name"], "table": EVALUATE["page"]},
             ),
         log:
-            f"{LOGS}/evaluate/card.log",
+            f"{LOGS}/evaluate/{EVALUATE['name']}.log",
         localrule: True
         conda:
             ENV
         params:
-            norm=EVALUATE["norm"],
-            baselines=EVALUATE["baselines"],
-            studies=list(PIPE.studies),
+            evaluate=EVALUATE,
+            runs={s: (PIPE.files(s, "summary"), PIPE.files(s, "metrics")) for s in PIPE.studies},
         script:
-            "../scripts/evaluate_card.py"
+            "../scripts/evaluate_page.py"

@@ -97,7 +97,7 @@ class SGD:
               vectorize: bool = True) -> list:
         # subnormal floats (below 1.2e-38) cost the CPU ~100× per operation: a 100-layer net whose signal
         # vanishes trained 4× slower.  Flushed to zero they change no recorded value (measured: every
-        # metric of depth_stats bitwise equal).  A no-op where the CPU has no such mode; the process's
+        # metric of the depth study bitwise equal).  A no-op where the CPU has no such mode; the process's
         # default (off) is restored after, for the code that shares the process (hypothesis refuses to run)
         torch.set_flush_denormal(True)
         try:

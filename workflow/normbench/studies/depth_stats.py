@@ -11,6 +11,7 @@ from .. import plots as P
 from .. import references as R
 from ..claims import Claim, Evidence, at_most, inside
 from ..report import Report, describe
+from ..scoring import CardArm, Measure, Tune, final_acc, grids, train_of
 from ..study import Study
 
 
@@ -95,7 +96,70 @@ CLAIMS = (
     Claim("kaiming_holds", "Kaiming init keeps the activation scale through depth (within 10× over 100 layers)",
           "He et al. 2015, §2.2, Fig. 2", _kaiming_holds, arm=lambda s: (s.norm_type == "none") & (s.init == "kaiming")),
 )
-STUDY = Study("depth_stats", "Activations through depth", "He et al. 2015; Ioffe & Szegedy 2015", build, claims=CLAIMS,
+# -- the report card's arm (normbench evaluate): plain conv nets (conv-only normalizers enter too) -------
+# The activation scale through 100 layers at initialization (one probed step), and whether a plain net
+# of 20 layers trains in a fixed budget at each normalizer's best lr.  At 100 layers no baseline trained
+# in 200 momentum steps (BN at chance: a plain net that deep is BN's own failure, Yang et al. 2019), so
+# the training reading uses the depth where the baselines can be told apart (measured: BN ~0.85, GN ~0.37,
+# LN ~0.3, no normalization at chance after 300 steps).  8 channels keep both CPU-sized.
+
+CARD_INIT, CARD_TRAINED = "evaluate_plain_conv100", "evaluate_plain_conv20"
+CARD_WIDTH, CARD_INIT_DEPTH, CARD_DEPTH = 8, 100, 20
+
+
+def _card_block(block: dict, config: dict) -> dict:
+    g = grids(block)[0]
+    train = train_of(block, g)
+    lr = g["lr"][0]
+    common = {"dataset": g["dataset"][:1], "batch_size": g["batch_size"][:1], "seed": g["seed"]}
+    models = {CARD_INIT: {"type": "vgg", "options": {"layers": [CARD_WIDTH] * CARD_INIT_DEPTH}},
+              CARD_TRAINED: {"type": "vgg", "options": {"layers": [CARD_WIDTH] * CARD_DEPTH}}}
+    at_init = {**train, "steps": 1, "eval_every": 1, "probes": ["act_stats"], "probe_every": 1}
+    trained = {**train, "probes": [], "probe_every": 0, **CARD_BUDGET}
+    return {"models": models, "card": {"shared_lr": lr},
+            "grid": [{"model": [CARD_INIT], "lr": [lr], **common, "train": at_init},
+                     {"model": [CARD_TRAINED], "lr": [f * lr for f in CARD_TUNE.factors], **common,
+                      "train": trained}]}
+
+
+LOG_CLIP = 45.0  # |log10| of an activation ratio: float32 has no smaller positive number than ~1e-45
+
+
+def activation_scale(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
+    """|log10(activation std at the last layer / at the first)| at initialization (the first probe)."""
+    a = m[(m.metric == "act_std") & (m.step == m[m.metric == "act_std"].step.min())]
+    rows = []
+    for (norm, seed), g in a.groupby(["norm", "seed"]):
+        g = A.layer_index(g)
+        first, last = g[g.depth == g.depth.min()].value.iloc[0], g[g.depth == g.depth.max()].value.iloc[0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = float(np.log10(np.float64(last) / np.float64(first)))
+        r = LOG_CLIP if np.isnan(r) else float(np.clip(r, -LOG_CLIP, LOG_CLIP))  # nan: inf / inf, exploded
+        rows.append({"norm": norm, "seed": seed, "value": abs(r)})
+    return pd.DataFrame(rows, columns=["norm", "seed", "value"])
+
+
+def _trained(d: pd.DataFrame) -> pd.Series:
+    return d.model == CARD_TRAINED
+
+
+def _trained_acc(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
+    return final_acc(s[_trained(s)], m)
+
+
+CARD_BUDGET = {"steps": 300, "eval_every": 300, "optimizer": "momentum"}
+# the study's lr (SGD, 20 probed steps) and up: with momentum over 300 steps BN trained best at 0.05–0.1
+CARD_TUNE = Tune((1.0, 3.0, 10.0), _trained_acc, "higher")
+CARD = CardArm(
+    "depth", _card_block, order=30, tune=CARD_TUNE, trim={"seeds": 5},
+    measures=(
+        Measure(f"|log10(activation std, last / first layer)| at init, {CARD_INIT_DEPTH} plain conv layers",
+                "activation scale", activation_scale, "lower", np.log10(2), "a factor of 2", tuned=False,
+                trains=False, runs=lambda d: d.model == CARD_INIT),
+        Measure(f"test accuracy of a {CARD_DEPTH}-layer plain conv net after {CARD_BUDGET['steps']} steps",
+                "training", _trained_acc, "higher", 0.05, "5 points", runs=_trained),
+    ))
+STUDY = Study("depth_stats", "Activations through depth", "He et al. 2015; Ioffe & Szegedy 2015", build, claims=CLAIMS, card=CARD,
               question="How does the activation scale change through a 100-layer MLP: default init, Kaiming init, "
                        "BN before and after ReLU?",
               tables={"act_std": "setting × layer"},

@@ -13,6 +13,7 @@ from .. import plots as P
 from .. import references as R
 from ..claims import Claim, Evidence, at_most, every, greater
 from ..report import Report, describe
+from ..scoring import CardArm, Measure, Tune, final_error, grids, train_of
 from ..study import Study
 
 FLAT = 1.5  # percentage points of test error: "flat" (about five digits test images); Wu & He's GN moves 0.2
@@ -262,7 +263,69 @@ CLAIMS = (
           f"the largest (error at most {FLAT} points above BN's)", "Qiao et al. 2019, abstract",
           _matches_large_batch_bn("GN+WS", "GN+WS"), arm=_twins_arm("GN+WS")),
 )
-STUDY = Study("gn_small_batch", "Group Norm at small batches", "Wu & He 2018; FRN, EvoNorm, WS", build, claims=CLAIMS,
+# -- the report card's arm (normbench evaluate): a conv net at the study's largest and smallest batch ---
+# per worker, 2 workers, the same epochs (as the study's conv side arm: the large batch gets ~220 steps
+# and trains); the net pools down to 1×1 maps before its last conv, as a ResNet's last stage works on
+# small maps, so that batch statistics there come from the batch alone (N values per channel) -- the
+# regime where Wu & He see BN fail; on the side arm's net (2×2 maps) BN at 2 images held 98%, measured
+
+CARD_MODEL = "evaluate_batch_conv"
+CARD_NET = {"type": "vgg", "options": {"layers": [8, 8, "M", 16, 16, "M", 32, "M", 32]}, "init": "kaiming"}
+CARD_WORKERS, CARD_EPOCHS = 2, 10
+
+
+def _base_lr(d: pd.DataFrame, info: dict) -> pd.Series:
+    """A run's base lr under the arm's linear-scaling rule lr = base · N / reference."""
+    return d.lr * info["reference_batch"] / d.batch_size
+
+
+def _card_block(block: dict, config: dict) -> dict:
+    gs = grids(block)
+    sizes = sorted({b for g in gs for b in g["batch_size"]})
+    g = next((x for x in gs if isinstance(x["lr"], dict)), gs[0])
+    rule = g["lr"] if isinstance(g["lr"], dict) else {"base": g["lr"][0], "reference_batch": sizes[-1]}
+    base = rule["base"][0] if isinstance(rule["base"], list) else rule["base"]
+    shared = base * sizes[-1] / rule["reference_batch"]  # the study's lr at the largest batch, as the base
+    return {"models": {CARD_MODEL: CARD_NET}, "card": {"shared_lr": shared, "reference_batch": sizes[-1]},
+            "grid": {"model": [CARD_MODEL], "dataset": g["dataset"][:1], "batch_size": [sizes[-1], sizes[0]],
+                     "lr": {"base": [f * shared for f in CARD_TUNE.factors], "reference_batch": sizes[-1]},
+                     "seed": g["seed"]},
+            "train": {**train_of(block, g), "workers": CARD_WORKERS, "epochs": CARD_EPOCHS}}
+
+
+def small_batch_error(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
+    """Test error (%) at the smallest batch per worker; a diverged run counts at chance."""
+    return final_error(s[s.batch_size == s.batch_size.min()], m)[["norm", "seed", "value"]]
+
+
+def error_rise(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
+    """Test error (%) at the smallest batch minus at the largest, per seed."""
+    e = final_error(s, m)
+    small, large = e[e.batch_size == e.batch_size.min()], e[e.batch_size == e.batch_size.max()]
+    d = small.set_index(["norm", "seed"]).value - large.set_index(["norm", "seed"]).value
+    return d.rename("value").reset_index()
+
+
+def large_batch_untrained(s: pd.DataFrame, m: pd.DataFrame) -> dict[str, str]:
+    """A rise read from a large batch that did not train is the budget's, not the normalizer's."""
+    large = s[s.batch_size == s.batch_size.max()]
+    return {n: f"its runs at {int(large.batch_size.max())} images per worker did not train (diverged or ended "
+               f"at chance)" for n, g in large.groupby("norm") if A.failed(g).any()}
+
+
+CARD_TUNE = Tune((0.5, 1.0, 2.0), final_error, "lower", group=("batch_size",), setting=_base_lr, what="base lr")
+CARD = CardArm(
+    "batch robustness", _card_block, order=20, tune=CARD_TUNE, trim={"seeds": 5},
+    measures=(
+        Measure("test error (%) at the smallest batch per worker", "smallest batch", small_batch_error, "lower",
+                FLAT, f"{FLAT} points (the study's 'flat')", show=lambda v: f"{v:.1f}"),
+        # each batch size at its own best lr: at one shared lr the large batch of a normalizer tuned for
+        # another lr is under-trained, and the rise would be the budget's (measured: −26 points for LN)
+        Measure("rise in test error (points) from the largest to the smallest batch per worker", "rise",
+                error_rise, "lower", FLAT, "", show=lambda v: f"{v:+.1f}", judged=False, beside=False,
+                untrained=large_batch_untrained),
+    ))
+STUDY = Study("gn_small_batch", "Group Norm at small batches", "Wu & He 2018; FRN, EvoNorm, WS", build, claims=CLAIMS, card=CARD,
               question="BN's error grows as the batch shrinks; does GN's, and do the batch-independent normalizers "
                        "(FRN, EvoNorm-S0, GN+WS) hold theirs?",
               tables={"error_by_batch": "norm × batch size", "side_arms": "model × norm × batch size"},

@@ -12,6 +12,7 @@ from .. import references as R
 from ..claims import Claim, Evidence, every, greater
 from ..intervals import SIGN
 from ..report import Report, describe
+from ..scoring import CardArm, Measure, grids, train_of
 from ..study import Study
 
 
@@ -91,7 +92,51 @@ CLAIMS = (Claim("bn_larger_lr", "BN trains at learning rates where the same net 
                   "or collapses", "Ioffe & Szegedy 2015, §3.3 and §4.2.2 (BN-x30; without BN, 5× lr 'reached "
                   "machine infinity')", _bn_trains_where_none_fails,
                   arm=lambda s: s.norm_type.isin(["bn", "none"])),)
-STUDY = Study("lr_bs_sweep", "Learning rate × batch size", "Ioffe & Szegedy 2015", build, claims=CLAIMS,
+# -- the report card's arm (normbench evaluate): the sweep's CNN over its lr grid at its batch sizes -----
+
+
+def _card_block(block: dict, config: dict) -> dict:
+    g = grids(block)[0]
+    return {"grid": {"model": g["model"][:1], "dataset": g["dataset"][:1], "batch_size": g["batch_size"],
+                     "lr": g["lr"], "seed": g["seed"]},
+            "train": train_of(block, g)}
+
+
+def lr_rank(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
+    """Per batch size and seed: how many steps up the lr grid the seed's largest lr that trained
+    (neither diverged nor collapsed) is; 0 if it trained at none."""
+    rows = []
+    for bs, g in s.groupby("batch_size"):
+        grid = sorted(g.lr.unique())
+        ok = g.assign(ok=~A.failed(g))
+        for (norm, seed), h in ok.groupby(["norm", "seed"]):
+            top = [grid.index(lr) + 1 for lr in h.lr[h.ok]]
+            rows.append({"norm": norm, "batch_size": bs, "seed": seed, "value": float(max(top, default=0))})
+    return pd.DataFrame(rows, columns=["norm", "batch_size", "seed", "value"])
+
+
+def every_seed_lr(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
+    """Per batch size: the largest lr at which every seed trained (``analysis.max_stable_lr``)."""
+    t = A.max_stable_lr(s)
+    return t.assign(value=t.max_trained_lr)[["norm", "batch_size", "value"]]
+
+
+def _per_batch(rows: pd.DataFrame) -> str:
+    return ", ".join(f"{v:g} at batch {b}" if np.isfinite(v) else f"none at batch {b}"
+                     for b, v in zip(rows.batch_size, rows.value)) or "–"
+
+
+CARD = CardArm(
+    "learning-rate robustness", _card_block, order=10,
+    one_lr="the lr grid is what this axis measures: every normalizer runs the whole grid",
+    trim={"seeds": 3, "train": {"steps": 150, "eval_every": 50}},  # 250 → 150 steps: divergence shows early
+    measures=(
+        Measure("largest lr at which every seed trained", "every seed", every_seed_lr, "higher", 0.0, "",
+                keys=("batch_size",), judged=False, cell=_per_batch),
+        Measure("largest lr that trained (steps up the lr grid, per batch size and seed)", "lr", lr_rank, "higher",
+                0.5, "half a grid step", keys=("batch_size", "seed")),
+    ))
+STUDY = Study("lr_bs_sweep", "Learning rate × batch size", "Ioffe & Szegedy 2015", build, claims=CLAIMS, card=CARD,
               question="How large a learning rate does each normalizer tolerate, and how fast does it reach a target accuracy?",
               tables={"max_stable_lr": "norm × batch size", "steps_to_target": "norm × batch size"},
               figures={"heatmaps": "norm × lr × batch size", "curves_test_acc": "norm × lr × batch size",

@@ -13,6 +13,7 @@ from .. import plots as P
 from .. import references as R
 from ..claims import REPRODUCED, Claim, Evidence, every, greater, within
 from ..report import Report, describe
+from ..scoring import CardArm, Measure, grids, train_of
 from ..study import Study
 
 LINEAR_ARM = "dln"  # model_type of the deep linear network arm (Santurkar §C)
@@ -404,7 +405,69 @@ CLAIMS = (
     Claim("lp_bn", f"ℓp BN (p = 1, 2, ∞) trains as well as BN (within {SAME:.0%})", "Santurkar et al. 2018, §3.3",
           _lp_bn, arm=_vgg("lp_bn", "bn")),
 )
-STUDY = Study("santurkar", "How does BN help optimization?", "Santurkar et al. 2018", build, claims=CLAIMS,
+# -- the report card's arm (normbench evaluate): the probed VGG, read where the nets learn ---------------
+# On the standard net's initial plateau tiny gradients make any landscape look smooth, and a net that
+# has not started learning looks smoothest of all; so, by this study's plateau rule, a run's probes
+# count where both it and the standard net of its seed have left their initial plateaus.
+
+
+def _card_block(block: dict, config: dict) -> dict:
+    g = next(x for x in grids(block) if "landscape" in train_of(block, x).get("probes", []))
+    train = {**train_of(block, g), "probes": ["landscape"], "probe_at": []}
+    return {"grid": {"model": g["model"][:1], "dataset": g["dataset"][:1], "batch_size": g["batch_size"][:1],
+                     "lr": g["lr"][:1], "seed": g["seed"]},
+            "train": train}
+
+
+def learning_probes(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
+    """The probe rows of ``m`` at steps where both the run and the standard net (norm type none) of
+    the same lr and seed have left their initial plateaus (``after_plateau``, applied to each)."""
+    m = A.with_runs(m, s, ["norm_type"]).reset_index(drop=True)
+    if m.empty:
+        return m
+    standard_learns = after_plateau(m).index
+    own = [after_plateau(g.assign(norm_type="none")).index for _, g in m.groupby("norm")]
+    keep = standard_learns.intersection(own[0].append(own[1:]) if own else own)
+    d = m.loc[keep]
+    return d[d.split == "probe"]
+
+
+def _learning_log(metric: str):
+    def values(s: pd.DataFrame, m: pd.DataFrame) -> pd.DataFrame:
+        """log10 of the run's median ``metric`` over its probes where it and the standard net learn."""
+        d = learning_probes(s, m)
+        d = d[d.metric == metric].groupby(["norm", "seed"]).value.median()
+        return np.log10(d.clip(lower=1e-30)).rename("value").reset_index()
+    return values
+
+
+def _on_plateau(s: pd.DataFrame, m: pd.DataFrame) -> dict[str, str]:
+    """norm -> why none of its probes can be read: it (or the standard net) never left the plateau."""
+    read = set(learning_probes(s, m).norm)
+    standard = set(s[s.norm_type == "none"].norm)
+    if standard and not standard & read:
+        why = (f"the standard net never left its initial plateau (training loss above {PLATEAU:.0%} of its "
+               f"first) within the budget: no probe here is taken where it learns")
+        return {n: why for n in s.norm.unique()}
+    return {n: f"no probe of {n} is taken after it left its initial plateau (training loss above "
+               f"{PLATEAU:.0%} of its first) while the standard net learns" for n in s.norm.unique() if n not in read}
+
+
+CARD = CardArm(
+    "landscape smoothness", _card_block, order=40,
+    one_lr="the probes step along −g by η × lr, so at another lr they would measure other steps: every "
+           "normalizer is probed at the study's lr",
+    # 900 → 500 steps: the standard net leaves its plateau at ~150–300; eval every 25 steps to place it
+    trim={"seeds": 5, "train": {"steps": 500, "eval_every": 25, "probe_every": 25}},
+    measures=tuple(
+        Measure(f"{what} (per run the median over its probes after the initial plateau; geometric mean over "
+                f"seeds)", short,
+                _learning_log(metric), "lower", np.log10(2), "a factor of 2", show=lambda v: f"{10 ** v:.3g}",
+                untrained=_on_plateau)
+        for metric, what, short in (("beta_eff", "effective β-smoothness", "β_eff"),
+                                    ("grad_pred_max", "gradient predictiveness, max ‖∇L(W − ηg) − g‖",
+                                     "gradient predictiveness"))))
+STUDY = Study("santurkar", "How does BN help optimization?", "Santurkar et al. 2018", build, claims=CLAIMS, card=CARD,
               question="Does BN reduce internal covariate shift, or smooth the loss landscape? Noisy BN and ℓp BN.",
               tables={"probes": "norm × lr", "accuracy": "norm × lr", "matched_loss": "probe"},
               figures={"ics_l2": "norm × lr", "ics_cos": "norm × lr", "ics_dln": "norm × lr", "landscape": "norm × lr",
