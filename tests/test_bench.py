@@ -47,7 +47,7 @@ def test_the_pipeline_part_runs_in_a_checkout_that_already_has_results(tmp_path,
     shutil.copy(root / "Snakefile", checkout / "Snakefile")
     (checkout / "workflow").symlink_to(root / "workflow")
     (checkout / "config/config.yaml").write_text(yaml.safe_dump({
-        "device": "cpu", "threads": 1, "models": {"tiny": {"type": "vgg", "options": {"layers": [4, "M"]}}},
+        "device": "cpu", "threads": 1, "max_seeds": 0, "models": {"tiny": {"type": "vgg", "options": {"layers": [4, "M"]}}},
         "train": {"steps": 10, "eval_every": 10},
         "studies": {"lr_bs_sweep": {"grid": {"model": ["tiny"], "dataset": ["digits"], "norm": ["bn"],
                                              "batch_size": [16], "lr": [0.1], "seed": [0, 1]}}}}))

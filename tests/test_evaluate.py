@@ -340,3 +340,24 @@ def test_a_normalizer_that_raises_gets_a_card_not_a_crash(tmp_path):
     text = (tmp_path / "reports/evaluate/micro/Boom/README.md").read_text()
     assert "raises RuntimeError: boom" in text and "not measured" in text
     assert not (tmp_path / "results/evaluate/micro/depth_stats").exists()  # nothing trained
+
+
+def test_an_undecided_card_verdict_gets_seeds_for_its_two_cells_only():
+    """The card's adaptive stage (as the claims'): on the lr-robustness arm, NORM climbs 1–2 grid steps
+    above BN on three seeds -- not decided at 97.5% on three, its plan asks for a few more -- and matches
+    GN, LN and none (decided "same"): new seeds for NORM's and BN's runs, nothing for the others."""
+    tops = {"new": [3, 3, 2], "bn": [1, 0, 1], "gn": [3, 3, 2], "ln": [3, 3, 2], "none": [3, 3, 2]}
+    s = _summary([{"norm": n, "norm_type": n, "seed": sd, "lr": lr, "batch_size": 8, "collapsed": rank > top}
+                  for n, t in tops.items() for sd, top in enumerate(t)
+                  for rank, lr in enumerate((0.05, 1.0, 4.0), 1)])
+    evaluate = {"norms": ["new"], "baselines": ["bn", "gn", "ln", "none"], "page": "card", "arms": {}}
+    study = next(name for name, arm in C.card_arms() if "learning-rate" in arm.axis)
+    decision = C.plan_topup(study, s, pd.DataFrame(columns=["metric"]), evaluate, max_seeds=20)
+    undecided = [k for k in decision["claims"] if k.startswith("new vs bn")]
+    assert undecided and not [k for k in decision["claims"] if not k.startswith("new vs bn")]
+    added = decision["claims"][undecided[0]]["added"]
+    assert added and added[0] == 3 and len(added) <= 17
+    runs = pd.DataFrame(decision["runs"])
+    assert set(runs.norm) == {"new", "bn"} and set(runs.seed) == set(added)
+    assert set(runs.lr) == {0.05, 1.0, 4.0}  # every lr its cells read
+    assert C.plan_topup(study, s, pd.DataFrame(columns=["metric"]), evaluate, max_seeds=0)["runs"] == []

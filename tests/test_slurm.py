@@ -135,7 +135,7 @@ def cluster():
 
 
 def test_tiny_study_through_the_slurm_profile(cluster, tmp_path):
-    config = {"device": "cpu", "threads": 1, "mem_mb": 500, "runtime": 5,
+    config = {"device": "cpu", "threads": 1, "mem_mb": 500, "runtime": 5, "max_seeds": 0,
               "models": {"tiny": {"type": "vgg", "options": {"layers": [8, "M"]}}},
               "train": {"steps": 20, "eval_every": 10},
               "studies": {"lr_bs_sweep": {"grid": {"model": ["tiny"], "dataset": ["digits"], "norm": ["bn", "ln"],

@@ -20,7 +20,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 CONFIGS = [ROOT / "config/config.yaml"] + sorted((ROOT / "config/experiments").glob("*.yaml"))
 
 TINY = {
-    "device": "cpu", "threads": 1,
+    "device": "cpu", "threads": 1, "max_seeds": 0,  # the adaptive stage has its own tests (test_topup)
     "norms": {"gn": {"type": "gn", "options": {"groups": 4}}},
     "models": {"tiny": {"type": "vgg", "options": {"layers": [8, "M"]}}},
     "train": {"steps": 20, "eval_every": 10},

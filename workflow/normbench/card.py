@@ -224,6 +224,41 @@ def topup(card: dict) -> pd.DataFrame:
     return pd.DataFrame(out, columns=cols).drop_duplicates(subset=cols[:7]) if out else pd.DataFrame(columns=cols)
 
 
+def plan_topup(study: str, s: pd.DataFrame, m: pd.DataFrame, evaluate: dict, max_seeds: int) -> dict:
+    """The adaptive stage for a card's arm (``normbench.topup``, as the claims get it): every verdict of the
+    page -- a card's NORM against each baseline, the leaderboard's every normalizer against BN -- graded on
+    the arm's base runs; one left undecided whose plan asks for at most twice ``max_seeds`` gets new seeds
+    for the runs its two cells read (``topup`` hook), nothing else.  Same decision file as a study's."""
+    from .topup import KEY, seeds_to_add
+
+    arm = dict(arms())[study]
+    info = (evaluate.get("arms") or {}).get(study)
+    against = evaluate["baselines"] if evaluate.get("page") != "leaderboard" else ["bn"]
+    start = int(s.seed.max()) + 1 if len(s) else 0
+    claims, want = {}, {}  # want: (norm, lr, batch size) -> seeds to add
+    for norm in evaluate["norms"]:
+        rows = arm_rows(study, arm, s, m, info, norm, [b for b in against if b != norm])
+        for r in rows:
+            for b, word in r["verdicts"].items():
+                if word != UNDECIDED or b not in r["evidence"]:
+                    continue
+                ev = r["evidence"][b]
+                k = seeds_to_add(ev.needed, ev.n, max_seeds)
+                claims[f"{norm} vs {b}: {r['measure']} ({r['view']})"] = {
+                    "verdict": word, "n": int(ev.n), "needed": ev.needed, "added": list(range(start, start + k))}
+                for n in (norm, b):
+                    for read in r["reads"].get(n, []):
+                        key = (n, read["lr"], int(read["batch_size"]))
+                        want[key] = max(want.get(key, 0), k)
+    runs = []
+    for (n, lr, bs), k in want.items():
+        base = s[(s.norm == n) & (s.lr == lr) & (s.batch_size == bs)][KEY].drop_duplicates()
+        runs += [{**r, "seed": seed} for r in base.to_dict("records") for seed in range(start, start + k)]
+    table = pd.DataFrame(runs, columns=KEY + ["seed"]).drop_duplicates()
+    return {"study": study, "max_seeds": max_seeds, "claims": claims,
+            "runs": [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in table.to_dict("records")]}
+
+
 def _with_lr(r: dict, n: str) -> str:
     cell = r["cells"].get(n, "–")
     lr = r["lrs"].get(n) if r["view"] in (BEST, SHARED) else None

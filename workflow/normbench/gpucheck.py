@@ -4,7 +4,7 @@
    the fraction of the device's peak, and the mode each row really used (gpubench.py);
 2. the default pipeline on the GPU (``device: cuda``), its wall time, and its verdicts beside those of a
    CPU results folder given to it (``normbench compare``: they must agree);
-3. a timed slice of the real-data tier -- the GN table (gn_small_batch) at one seed, trained for as many
+3. a timed slice of the real-data tier -- the GN table (the study with per-worker batches) at one seed, trained for as many
    epochs as fit its time budget -- and the whole tier's GPU-hours: each of the tier's kinds of step
    timed, every run's time summed by its plan (gpubench.estimate), scaled by what the slice measured
    against its own estimate.
@@ -34,14 +34,20 @@ from .errors import ConfigError, DataError
 from .store import write_text
 
 TIER = "realdata_fashion_mnist.yaml"
-SLICE_STUDY = "gn_small_batch"
 SLICE_EPOCHS = (3, 2, 1, 0.5, 0.25)  # the most of these that fit the slice's budget
 SMALL_STEPS = 2
 # the small mode's pipeline: one claim on digits, a few seconds of training
-TINY = {"device": "cpu", "threads": 1, "models": {"tiny": {"type": "vgg", "options": {"layers": [8, "M"]}}},
-        "train": {"steps": 20, "eval_every": 10},
-        "studies": {"lr_bs_sweep": {"grid": {"model": ["tiny"], "dataset": ["digits"], "norm": ["bn", "none"],
-                                             "batch_size": [16], "lr": [0.1, 1.0], "seed": [0, 1]}}}}
+def tiny_config() -> dict:
+    """The small mode's pipeline: a few tiny runs on digits under the first study that trains with SGD (its
+    claims need not apply: the verdicts are compared, whatever they are), a few seconds of training."""
+    from .studies import STUDIES
+
+    study = min(name for name, st in STUDIES.items() if st.runner == "sgd")
+    return {"device": "cpu", "threads": 1, "max_seeds": 0,
+            "models": {"tiny": {"type": "vgg", "options": {"layers": [8, "M"]}}},
+            "train": {"steps": 20, "eval_every": 10},
+            "studies": {study: {"grid": {"model": ["tiny"], "dataset": ["digits"], "norm": ["bn", "none"],
+                                         "batch_size": [16], "lr": [0.1, 1.0], "seed": [0, 1]}}}}
 
 
 class Report:
@@ -87,7 +93,7 @@ def bench_part(out: Report, device, small: bool) -> list[dict]:
 
 def pipeline_config(small: bool) -> dict:
     if small:
-        return TINY
+        return tiny_config()
     return {**read_yaml(default_config_path()), "device": "cuda"}
 
 
@@ -100,9 +106,10 @@ def pipeline_part(out: Report, small: bool, cores: int, cpu_results: str | None,
     out(f"2. pipeline: {what}, {cores} cores")
     work = out.folder / "pipeline"
     work.mkdir(exist_ok=True)
-    write_text(yaml.safe_dump(pipeline_config(small), sort_keys=False), work / "config.yaml")
+    config = pipeline_config(small)
+    write_text(yaml.safe_dump(config, sort_keys=False), work / "config.yaml")
     snakefile = snakefile or find_snakefile(Path.cwd())
-    targets = ["results/lr_bs_sweep/claims.parquet"] if small else []  # small: the claims, not the reports
+    targets = [f"results/{s}/claims.parquet" for s in config["studies"]] if small else []  # small: no reports
     cmd = [sys.executable, "-m", "normbench.cli", "run", "--configfile", "config.yaml", "--snakefile", str(snakefile),
            "--no-report", "--cores", str(cores), *targets]
     start, t0 = time.time(), time.perf_counter()
@@ -172,8 +179,13 @@ def tier_part(out: Report, device, small: bool, data_dir: str, budget_s: float) 
         return {"skipped": str(e)}
     runs = gpubench.runs_of(tier)
     runs = [(c, _steps(c, data) if c.dataset == "fashion_mnist" else s) for c, s in runs]
-    first_seed = min(c.seed for c, _ in runs if c.study == SLICE_STUDY)
-    slice_runs = [c for c, _ in runs if c.study == SLICE_STUDY and c.seed == first_seed]
+    # the GN table: the study whose runs train data-parallel workers, each normalizing its own small batch
+    study = next((c.study for c, _ in runs if c.workers > 1), None)
+    if study is None:
+        out(f"   skipped: no study of {TIER} trains per-worker batches (the GN table)")
+        return {"skipped": "no GN table in the tier"}
+    first_seed = min(c.seed for c, _ in runs if c.study == study)
+    slice_runs = [c for c, _ in runs if c.study == study and c.seed == first_seed]
     if small:  # the GN table's smallest batch, two steps
         smallest = min(c.batch_size for c in slice_runs)
         slice_runs = [_with(c, epochs=None, steps=SMALL_STEPS, threads=1) for c in slice_runs
@@ -213,7 +225,7 @@ def tier_part(out: Report, device, small: bool, data_dir: str, budget_s: float) 
     estimate_s = sum((gpubench.run_ms(c, _steps(c, data), costs.get(gpubench.cost_key(c), {})) or math.nan)
                      for c in chosen) / 1e3
     length = (f"{SMALL_STEPS} steps" if small else f"{chosen[0].epochs:g} epochs")
-    out(f"   the slice: {len(chosen)} runs of {SLICE_STUDY} (seed {first_seed}), {length} each "
+    out(f"   the slice: {len(chosen)} runs of {study} (seed {first_seed}), {length} each "
         f"(estimated {_minutes(estimate_s)})")
     execution = {"data_dir": data_dir, "device": str(device)}
     jobs = [{"config": {**c.to_dict(), **execution},

@@ -32,14 +32,21 @@ def _read(summary_path, metrics_path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return s, read_parquet(metrics_path, METRICS_SCHEMA)
 
 
-def decide_topup(study: str, summaries: list, metrics: list, max_seeds: int, out_path) -> dict:
-    """The adaptive stage's decision from the base runs' files (``normbench.topup``)."""
+def decide_topup(study: str, summaries: list, metrics: list, max_seeds: int, out_path, evaluate: dict | None = None
+                 ) -> dict:
+    """The adaptive stage's decision from the base runs' files (``normbench.topup``): for the study's claims,
+    or -- a `normbench evaluate` / leaderboard config (``evaluate``) -- for the verdicts of its page."""
     if max_seeds <= 0:  # off: no first look to take
         decision = {"study": study, "max_seeds": 0, "claims": {}, "runs": []}
     else:
         s = read_runs(summaries, SUMMARY_SCHEMA).to_pandas()
         m = read_runs(metrics, METRICS_SCHEMA).to_pandas()
-        decision = topup.plan(study, STUDIES.get(study).claims, s, m, max_seeds)
+        if evaluate:
+            from .card import plan_topup
+
+            decision = plan_topup(study, s, m, evaluate, max_seeds)
+        else:
+            decision = topup.plan(study, STUDIES.get(study).claims, s, m, max_seeds)
     topup.write(decision, out_path)
     return decision
 

@@ -19,20 +19,15 @@ checkpoint topup:
         summaries=lambda w: PIPE.base_files(w.study, "summary"),
         metrics=lambda w: PIPE.base_files(w.study, "metrics"),
         max_seeds=lambda w: PIPE.studies[w.study].max_seeds,
+        evaluate=EVALUATE or {},  # a card or the leaderboard: seeds for its undecided verdicts, not the claims
     script:
         "../scripts/topup.py"
-
-
-def topup_markers(wildcards):
-    """The packs of the runs the adaptive stage added (known once its checkpoint ran)."""
-    checkpoints.topup.get(study=wildcards.study)
-    return PIPE.load_topup(wildcards.study)
 
 
 rule aggregate:
     input:
         lambda w: PIPE.markers(w.study, topup=False),
-        topup_markers,
+        lambda w: topup_markers(w.study),
     output:
         summary=f"{RESULTS}/{{study}}/summary.parquet",
         metrics=f"{RESULTS}/{{study}}/metrics.parquet",

@@ -58,9 +58,16 @@ def evaluate_entry(norm):
     return {"type": entry.type if entry else norm, "options": entry.options if entry else {}}
 
 
+def topup_markers(study):
+    """The packs of the runs the adaptive stage added to a study (known once its checkpoint ran)."""
+    checkpoints.topup.get(study=study)
+    return PIPE.load_topup(study)
+
+
 def evaluate_markers(wildcards=None):
-    """Every pack of the arms: the page (and the timing) come after all training."""
-    return [m for s in PIPE.studies for m in PIPE.markers(s)]
+    """Every pack of the arms, the seeds added to undecided verdicts included: the page (and the timing)
+    come after all training."""
+    return [m for s in PIPE.studies for m in PIPE.markers(s, topup=False) + topup_markers(s)]
 
 
 def evaluate_files():

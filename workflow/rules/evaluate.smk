@@ -38,7 +38,7 @@ if EVALUATE:
 
     rule evaluate_page:
         input:
-            markers=evaluate_markers(),
+            markers=evaluate_markers,
             properties=f"{RESULTS}/properties/{EVALUATE['name']}.parquet",
             cost=f"{RESULTS}/cost/{EVALUATE['name']}.parquet",
         output:
@@ -56,6 +56,6 @@ if EVALUATE:
             ENV
         params:
             evaluate=EVALUATE,
-            runs={s: (PIPE.files(s, "summary"), PIPE.files(s, "metrics")) for s in PIPE.studies},
+            runs=lambda w, input: {s: (PIPE.files(s, "summary"), PIPE.files(s, "metrics")) for s in PIPE.studies},
         script:
             "../scripts/evaluate_page.py"
