@@ -10,12 +10,11 @@ never dropped silently: every table counts them.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
+from . import intervals
 from .store import PARAM_COLUMNS
 
 LEVEL = 0.95
@@ -24,15 +23,7 @@ INTERVAL = "mean with a Student-t 95% interval over seeds"
 
 def t_interval(values, level: float = LEVEL) -> tuple[float, float, float]:
     """(mean, lo, hi) of the finite values; one value: lo = hi = NaN (no interval)."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
-        return (math.nan,) * 3
-    mean = float(x.mean())
-    if len(x) == 1:
-        return mean, math.nan, math.nan
-    half = float(sps.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
+    return intervals.t_interval(values, level)
 
 
 def failed(df: pd.DataFrame) -> pd.Series:

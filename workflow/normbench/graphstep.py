@@ -33,7 +33,7 @@ import contextlib
 import torch
 
 from .layers import noise_modules
-from .settings import RunConfig
+from .settings import PACK_TOLERANCE, RunConfig
 
 WARMUP = 3  # eager steps before the first capture (the PyTorch docs' whole-network example uses 3)
 _FAILED: list[str] = []  # why a capture failed in this process: graphs stay off for the rest of it
@@ -255,7 +255,6 @@ class GraphStep:
         """The first replay of a capture, checked against the eager step it replaces from the same state;
         the eager step's result is kept.  A replay that disagrees (an empty graph, one captured on another
         device, a PyTorch whose capture misses an update) turns this run's graph off."""
-        from .train import PACK_TOLERANCE
 
         counter = "the graph's step counter"
         state = stepped_state(t, {counter: self.step_t})
