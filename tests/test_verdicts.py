@@ -258,3 +258,28 @@ def test_the_training_curve_is_read_at_the_evaluation_steps_every_net_shares():
     sv, budget = at_equal_budget(s, m)
     curve = sv.set_index("norm").curve_acc
     assert budget == 200 and curve["bn"] == pytest.approx(0.55) and curve["none"] == pytest.approx(0.3)
+
+
+def _placement(loss_gap, acc_gaps, seeds=range(5)):
+    """bn_placement's conv runs: BN before and after ReLU (no affine, and with scale&bias), per seed; after
+    ReLU has a test log loss lower by ``loss_gap`` and an accuracy higher by ``acc_gaps[seed]``."""
+    rows = []
+    for seed in seeds:
+        for place, sign in (("pre", 0), ("post", 1)):
+            for norm, opts in (("bn_noaffine", '{"affine": false}'), ("bn", "{}")):
+                rows.append(dict(study="bn_placement", model="cnn_small", norm=norm, norm_type="bn",
+                                 norm_options=opts, placement=place, seed=seed,
+                                 final_test_loss=0.3 - sign * loss_gap + 0.01 * seed,
+                                 final_test_acc=0.93 + sign * acc_gaps[seed]))
+    return runs(rows)
+
+
+def test_after_relu_is_decided_on_the_test_log_loss_with_accuracy_beside():
+    """360 test images make accuracy coarse (a step of 1/360): seed-level accuracy gaps of −1 … +2 images
+    decide nothing, while the log loss of the same predictions moves by 0.15 on every seed."""
+    coarse = [0.0, 2 / 360, -1 / 360, 1 / 360, 0.0]
+    ev = _claim("bn_placement", "after_relu").check(_placement(0.15, coarse), None)
+    assert ev.verdict == REPRODUCED and ev.estimate == pytest.approx(0.15)
+    assert ev.measured.startswith("test log loss, BN before − after ReLU")
+    assert "test accuracy, after − before" in ev.measured and "inconclusive" in ev.measured  # accuracy beside
+    assert _claim("bn_placement", "after_relu").check(_placement(-0.15, coarse), None).verdict == NOT_REPRODUCED
