@@ -283,3 +283,33 @@ def test_after_relu_is_decided_on_the_test_log_loss_with_accuracy_beside():
     assert ev.measured.startswith("test log loss, BN before − after ReLU")
     assert "test accuracy, after − before" in ev.measured and "inconclusive" in ev.measured  # accuracy beside
     assert _claim("bn_placement", "after_relu").check(_placement(-0.15, coarse), None).verdict == NOT_REPRODUCED
+
+
+def _relative_losses(none_top, bn_top, seeds=4, lrs=(1e-4, 0.1)):
+    """Bjorck runs: each run's relative loss is ``top`` at every step size (its largest); None: overflowed."""
+    rows, metrics = [], []
+    for norm, top in (("none", none_top), ("bn", bn_top)):
+        for lr in lrs:
+            for seed in range(seeds):
+                rows.append(dict(study="bjorck", norm=norm, norm_type=norm, lr=lr, seed=seed))
+                for alpha in (1e-4, 0.003, 0.1, 1.0):
+                    metrics.append(dict(study="bjorck", model="cnn", dataset="digits", norm=norm, placement="pre",
+                                        activation="relu", batch_size=32, lr=lr, seed=seed, step=0,
+                                        metric="rel_loss", step_size=alpha, value=math.nan if top is None else top))
+    return runs(rows), pd.DataFrame(metrics)
+
+
+def test_an_overflowed_relative_loss_is_censored_not_a_stand_in_number():
+    explodes, tame = _claim("bjorck", "explodes_without_bn"), _claim("bjorck", "tame_with_bn")
+    s, m = _relative_losses(None, 2.0)  # every unnormalized run overflowed; BN at 2 (below its bound of 3)
+    ev = explodes.check(s, m)
+    assert ev.verdict == REPRODUCED and ev.test == "sign test" and ev.n == 8
+    assert ev.estimate == math.inf and ev.lo == math.inf  # no number stands in for an overflow
+    assert tame.check(s, m).verdict == REPRODUCED
+    # a BN run that overflowed counts against BN, never dropped: 2 of 8 -> the interval reaches below the bound
+    s, m = _relative_losses(1e9, 2.0)
+    bad = m.norm.eq("bn") & m.seed.eq(0)
+    m.loc[bad, "value"] = math.nan
+    assert tame.check(s, m).verdict == INCONCLUSIVE
+    # the unnormalized net below 1e6 on every run: not reproduced
+    assert explodes.check(*_relative_losses(10.0, 2.0)).verdict == NOT_REPRODUCED

@@ -10,7 +10,6 @@ never dropped silently: every table counts them.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 
