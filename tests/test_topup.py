@@ -202,6 +202,21 @@ def test_only_the_undecided_claims_arm_gets_seeds_and_the_decided_one_keeps_its_
     assert final.loc["close", "test"] == "paired t" and final.loc["close", "level"] == LOOK_LEVEL
 
 
+def test_a_claim_counts_its_own_added_seeds_not_those_of_a_claim_sharing_its_arm():
+    # "close" (c vs d) was given seeds 5-9, "near" (c vs e) seeds 5-6: c's runs carry all of 5-9
+    claims = CLAIMS + (Claim("near", "c beats e", "toy", _diff("c", "e"), arm=lambda s: s.norm.isin(["c", "e"])),)
+    s = _runs({"a": [0.9] * 5, "b": [0.5] * 5, "c": [0.6 + 0.01 * k for k in range(10)],
+               "d": [0.5] * 10, "e": [0.55, 0.5, 0.52, 0.51, 0.5, 0.5, 0.5]})
+    added = s[s.seed >= 5]
+    decision = {"claims": {"clear": {"added": []}, "close": {"added": [5, 6, 7, 8, 9]}, "near": {"added": [5, 6]}},
+                "runs": added[topup.KEY + ["seed"]].to_dict("records")}
+    final = evaluate("toy", claims, s, pd.DataFrame(), topup.looks(decision)).set_index("claim")
+    assert final.loc["close", ["seeds", "seeds_added"]].tolist() == [10, 5]
+    assert final.loc["near", ["seeds", "seeds_added"]].tolist() == [7, 2]  # not c's 10 seeds
+    assert final.loc["near", "runs"] == 17  # every run of its arm is read; its pairs are its seeds
+    assert final.loc["clear", ["seeds", "seeds_added"]].tolist() == [5, 0]
+
+
 def test_seeds_to_add_follow_the_plan_up_to_the_cap():
     assert topup.seeds_to_add(9, 5, 20) == 4
     assert topup.seeds_to_add(30, 5, 20) == 15  # beyond the cap but within twice it: up to the cap

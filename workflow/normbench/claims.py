@@ -86,7 +86,7 @@ CLAIMS_SCHEMA = pa.schema([
     ("hi", pa.float64()), ("n", pa.int64()), ("note", pa.string()),
     ("test", pa.string()), ("level", pa.float64()),  # the interval's procedure and level
     ("runs", pa.int64()),  # runs of the claim's arm it was checked on
-    ("seeds", pa.int64()), ("seeds_added", pa.int64()),  # distinct seeds of its arm; of them, added at the second look
+    ("seeds", pa.int64()), ("seeds_added", pa.int64()),  # its arm's base seeds + its own added; of them, added
     ("look", pa.int64()),  # 1: decided on the base seeds; 2: after seeds were added
     ("needed", pa.int64()),  # seeds that would decide an undecided claim (null: none would, or decided)
 ])
@@ -215,6 +215,9 @@ def evaluate(study: str, claims, summary: pd.DataFrame, metrics: pd.DataFrame, l
             ev = Evidence(INCONCLUSIVE, "not measurable on this study's runs", note=f"{type(e).__name__}: {e}")
             arm = pd.Series(False, index=s.index)
         seeds = s.seed[arm]
+        if look is not None and look.topup is not None and len(look.topup):
+            # its base seeds and its own added ones: not those a claim sharing its arm was given
+            seeds = seeds[~seeds.isin(set(look.topup.seed) - set(look.added))]
         added = int(seeds[seeds.isin(look.added)].nunique()) if look else 0
         rows.append({"study": study, "claim": c.id, "statement": c.statement, "source": c.source,
                      "verdict": ev.verdict, "measured": ev.measured, "estimate": ev.estimate, "lo": ev.lo,
