@@ -243,9 +243,10 @@ def plan_topup(study: str, s: pd.DataFrame, m: pd.DataFrame, evaluate: dict, max
                 if word != UNDECIDED or b not in r["evidence"]:
                     continue
                 ev = r["evidence"][b]
-                k = seeds_to_add(ev.needed, ev.n, max_seeds)
+                k = seeds_to_add(ev.needed, ev.n, max_seeds, ev.planned)
                 claims[f"{norm} vs {b}: {r['measure']} ({r['view']})"] = {
-                    "verdict": word, "n": int(ev.n), "needed": ev.needed, "added": list(range(start, start + k))}
+                    "verdict": word, "n": int(ev.n), "needed": ev.needed, "planned": ev.planned,
+                    "added": list(range(start, start + k))}
                 for n in (norm, b):
                     for read in r["reads"].get(n, []):
                         key = (n, read["lr"], int(read["batch_size"]))

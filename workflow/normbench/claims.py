@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .intervals import SIGN, T, Procedure
+from .intervals import SIGN, SPREAD_CONFIDENCE, T, Procedure
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 ALPHA, LOOKS = 0.05, 2  # the false-verdict rate, two-sided, split evenly over the looks
@@ -64,6 +64,7 @@ class Evidence:
     note: str = ""  # why it is not reproduced or inconclusive (measured), or a caveat
     test: str = ""  # the procedure that made the interval (``intervals.Procedure.name``), "deterministic"
     needed: int | None = None  # seeds at which the interval would decide it (undecided claims)
+    planned: int | None = None  # seeds the adaptive stage gives it: the plan at the spread's upper limit
 
 
 def _all_rows(s: pd.DataFrame) -> pd.Series:
@@ -89,6 +90,7 @@ CLAIMS_SCHEMA = pa.schema([
     ("seeds", pa.int64()), ("seeds_added", pa.int64()),  # its arm's base seeds + its own added; of them, added
     ("look", pa.int64()),  # 1: decided on the base seeds; 2: after seeds were added
     ("needed", pa.int64()),  # seeds that would decide an undecided claim (null: none would, or decided)
+    ("planned", pa.int64()),  # seeds planned for it at the spread's upper confidence limit (null: beyond any plan)
 ])
 
 
@@ -106,11 +108,15 @@ def _label(test: Procedure) -> str:
     return test.describe(level())
 
 
-def _undecided(values, bound: float, test: Procedure, what: str) -> tuple[str, int | None]:
+def _undecided(values, bound: float, test: Procedure, what: str) -> tuple[str, int | None, int | None]:
+    """Why it is undecided, the seeds that would decide it at the measured spread, and the seeds planned
+    for it (at the spread's upper confidence limit: the base seeds measure it loosely)."""
     x = np.asarray([float(v) for v in values], dtype=float)
-    k = test.plan(x[~np.isnan(x)] if test.censored_ok else x[np.isfinite(x)], bound, level())
+    x = x[~np.isnan(x)] if test.censored_ok else x[np.isfinite(x)]
+    k = test.plan(x, bound, level())
+    planned = test.plan(x, bound, level(), spread_confidence=SPREAD_CONFIDENCE) if k else None
     return what + (f"; at the measured seed-to-seed spread about {k} seeds would decide it" if k else
-                   "; the estimate sits on the bound: more seeds would not decide it"), k
+                   "; the estimate sits on the bound: more seeds would not decide it"), k, planned
 
 
 def _decide(values, what: str, fmt: str, test: Procedure, min_n: int, claim: str,
@@ -124,14 +130,14 @@ def _decide(values, what: str, fmt: str, test: Procedure, min_n: int, claim: str
     ev = Evidence(INCONCLUSIVE, measured, est, lo, hi, n, test=test.name)
     if n < min_n:
         ev.note = f"only {n} paired seeds (need {min_n})"
-        ev.needed = min_n
+        ev.needed = ev.planned = min_n
         return ev
     verdict = rule(lo, hi) if not (math.isnan(lo) or math.isnan(hi)) else None
     if verdict:
         ev.verdict = verdict
         return ev
     edge = bound(est)
-    ev.note, ev.needed = _undecided(values, edge, test, f"the interval includes {edge:g}")
+    ev.note, ev.needed, ev.planned = _undecided(values, edge, test, f"the interval includes {edge:g}")
     return ev
 
 
@@ -193,10 +199,11 @@ def every(parts: list[Evidence], joiner: str = "; ") -> Evidence:
     tests = " / ".join(dict.fromkeys(p.test for p in parts if p.test))
     # seeds that would decide it: every undecided part must be decided (none if a part would never be)
     open_ = [p for p in parts if p.verdict == INCONCLUSIVE]
-    needed = (max(p.needed for p in open_) if open_ and all(p.needed for p in open_) and verdict == INCONCLUSIVE
-              else None)
+    decidable = open_ and all(p.needed for p in open_) and verdict == INCONCLUSIVE
+    needed = max(p.needed for p in open_) if decidable else None
+    planned = (max(p.planned for p in open_) if all(p.planned for p in open_) else None) if decidable else None
     return Evidence(verdict, joiner.join(p.measured for p in parts), worst.estimate, worst.lo, worst.hi,
-                    min(p.n for p in parts), notes, tests, needed)
+                    min(p.n for p in parts), notes, tests, needed, planned)
 
 
 def evaluate(study: str, claims, summary: pd.DataFrame, metrics: pd.DataFrame, looks: dict | None = None
@@ -224,5 +231,6 @@ def evaluate(study: str, claims, summary: pd.DataFrame, metrics: pd.DataFrame, l
                      "hi": ev.hi, "n": ev.n, "note": ev.note, "test": ev.test or None,
                      "level": level() if ev.test not in ("", "deterministic") else None, "runs": int(arm.sum()),
                      "seeds": int(seeds.nunique()), "seeds_added": added, "look": 2 if added else 1,
-                     "needed": ev.needed if ev.verdict == INCONCLUSIVE else None})
+                     "needed": ev.needed if ev.verdict == INCONCLUSIVE else None,
+                     "planned": ev.planned if ev.verdict == INCONCLUSIVE and ev.needed else None})
     return pd.DataFrame(rows, columns=CLAIMS_SCHEMA.names)

@@ -14,7 +14,10 @@ A claim's per-seed values are not all alike, and the interval must fit them:
 
 ``plan`` gives the seeds at which an interval would clear a bound with 80% power at the measured
 spread (the adaptive stage reads it; it is planning, not inference, so the interval's level does not
-depend on it).
+depend on it).  With ``spread_confidence`` above ½ the spread planned for is its upper confidence
+limit (for the sign test: the proportion's lower one), as a pilot sample's should be (Browne 1995,
+Stat. Med. 14:1933): three or five seeds measure a spread so loosely that a plan at the measured one
+falls short about half the time, and the claim stays undecided on one seed list and not another.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from scipy import stats as sps
 
 POWER = 0.8  # the chance a planned top-up decides the claim, at the spread measured at the first look
 MAX_PLAN = 1000  # seeds beyond this are "would not decide it"
+SPREAD_CONFIDENCE = 0.8  # the seeds the adaptive stage adds are planned at this upper limit of the spread
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,8 @@ class Procedure:
     centre: str  # what the estimate is
     # (values, level, the bound a decision compares it with) -> (estimate, lo, hi)
     interval: Callable[..., tuple[float, float, float]]
-    plan: Callable[[np.ndarray, float, float], int | None]  # (values, bound, level) -> seeds that would decide
+    # (values, bound, level, spread_confidence=0.5) -> seeds that would decide (0.5: at the measured spread)
+    plan: Callable[..., int | None]
     censored_ok: bool = False  # whether ±inf values (censored seeds) are allowed
 
     def describe(self, level: float) -> str:
@@ -65,10 +70,13 @@ def t_interval(values, level: float, bound: float | None = None) -> tuple[float,
     return mean, mean - half, mean + half
 
 
-def _plan_normal(sd: float, distance: float, n: int, level: float) -> int | None:
-    """Smallest n' ≥ n + 1 with (t quantile + z_power) · sd / √n' ≤ distance."""
+def _plan_normal(sd: float, distance: float, n: int, level: float, spread_confidence: float = 0.5) -> int | None:
+    """Smallest n' ≥ n + 1 with (t quantile + z_power) · sd / √n' ≤ distance; sd at its upper
+    ``spread_confidence`` limit from n − 1 degrees of freedom where that is above ½."""
     if n < 2 or not (distance > 0) or not math.isfinite(sd):
         return None
+    if spread_confidence > 0.5:
+        sd *= math.sqrt((n - 1) / sps.chi2.ppf(1 - spread_confidence, n - 1))
     if sd == 0:
         return n + 1
     k, factor = _t_factors(level)
@@ -83,10 +91,10 @@ def _t_factors(level: float) -> tuple[np.ndarray, np.ndarray]:
     return k, (sps.t.ppf(0.5 + level / 2, k - 1) + sps.norm.ppf(POWER)) / np.sqrt(k)
 
 
-def t_plan(values, bound: float, level: float) -> int | None:
+def t_plan(values, bound: float, level: float, spread_confidence: float = 0.5) -> int | None:
     x = _finite(values)
     return _plan_normal(float(x.std(ddof=1)) if len(x) > 1 else math.nan, abs(float(x.mean()) - bound) if len(x)
-                        else math.nan, len(x), level)
+                        else math.nan, len(x), level, spread_confidence)
 
 
 # -- sign test: the median of ordinal or censored values ---------------------------------------------
@@ -117,16 +125,18 @@ def sign_interval(values, level: float, bound: float | None = None) -> tuple[flo
     return float(np.median(x)), float(x[k - 1]), float(x[n - k])
 
 
-def sign_plan(values, bound: float, level: float) -> int | None:
+def sign_plan(values, bound: float, level: float, spread_confidence: float = 0.5) -> int | None:
     """Seeds at which the sign test would put the median on the side of ``bound`` where most seeds
-    lie, with 80% power at the measured proportion (shrunk towards ½: (k + ½)/(n + 1))."""
+    lie, with 80% power at the measured proportion (shrunk towards ½: (k + ½)/(n + 1)), or at its
+    lower ``spread_confidence`` limit (Jeffreys) where that is above ½."""
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x) & (x != bound)]
     n = len(x)
     if n == 0:
         return None
     above = int((x > bound).sum())
-    p = (max(above, n - above) + 0.5) / (n + 1)
+    k = max(above, n - above)
+    p = sps.beta.ppf(1 - spread_confidence, k + 0.5, n - k + 0.5) if spread_confidence > 0.5 else (k + 0.5) / (n + 1)
     if p <= 0.5:
         return None
     m, crit = _sign_critical(level)
@@ -176,14 +186,14 @@ def rank_interval(values, level: float, bound: float | None = None) -> tuple[flo
     return est, float(walsh[c - 1]), float(walsh[len(walsh) - c])
 
 
-def rank_plan(values, bound: float, level: float) -> int | None:
+def rank_plan(values, bound: float, level: float, spread_confidence: float = 0.5) -> int | None:
     """As for t, with a robust spread (1.4826 · MAD): one outlying seed does not make the plan huge."""
     x = _finite(values)
     if len(x) < 2:
         return None
     sd = 1.4826 * float(np.median(np.abs(x - np.median(x)))) or float(x.std(ddof=1))
     est = rank_interval(x, 0.5)[0]
-    return _plan_normal(sd * 1.05, abs(est - bound), len(x), level)  # 1.05: its efficiency against t
+    return _plan_normal(sd * 1.05, abs(est - bound), len(x), level, spread_confidence)  # 1.05: its efficiency against t
 
 
 T = Procedure("paired t", "mean", t_interval, t_plan)

@@ -50,12 +50,14 @@ def base_runs(df: pd.DataFrame, topup: pd.DataFrame) -> pd.DataFrame:
     return df[(added["_merge"] == "left_only").to_numpy()]
 
 
-def seeds_to_add(needed: int | None, n: int, max_seeds: int) -> int:
-    """How many seeds an undecided claim gets: up to its plan, at most ``max_seeds`` in all; none when
-    the plan asks for more than twice the cap (or nothing would decide it)."""
+def seeds_to_add(needed: int | None, n: int, max_seeds: int, planned: int | None = None) -> int:
+    """How many seeds an undecided claim gets: none when, at the measured spread, it would take more than
+    twice the cap (or nothing would decide it); else up to ``planned`` -- the plan at the spread's upper
+    confidence limit, which the few base seeds leave wide (None: beyond any plan) -- at most
+    ``max_seeds`` in all."""
     if not needed or needed > 2 * max_seeds or n >= max_seeds:
         return 0
-    return int(max(min(needed, max_seeds) - n, 1))
+    return int(max(min(max(planned or max_seeds, needed), max_seeds) - n, 1))
 
 
 def plan(study: str, claims, s: pd.DataFrame, m: pd.DataFrame, max_seeds: int) -> dict:
@@ -65,11 +67,10 @@ def plan(study: str, claims, s: pd.DataFrame, m: pd.DataFrame, max_seeds: int) -
     start = int(s.seed.max()) + 1 if len(s) else 0
     out, runs = {}, []
     for c, row in zip(claims, first.itertuples()):
-        k = seeds_to_add(row.needed if pd.notna(row.needed) else None, int(row.n), max_seeds) if (
-            row.verdict == INCONCLUSIVE) else 0
+        needed, planned = (None if pd.isna(v) else int(v) for v in (row.needed, row.planned))
+        k = seeds_to_add(needed, int(row.n), max_seeds, planned) if row.verdict == INCONCLUSIVE else 0
         added = list(range(start, start + k))
-        out[c.id] = {"verdict": row.verdict, "n": int(row.n), "needed": None if pd.isna(row.needed) else int(row.needed),
-                     "added": added}
+        out[c.id] = {"verdict": row.verdict, "n": int(row.n), "needed": needed, "planned": planned, "added": added}
         if k:
             arm = s[c.arm(s)][KEY].drop_duplicates()
             runs += [{**r, "seed": seed} for r in arm.to_dict("records") for seed in added]
