@@ -2,10 +2,10 @@
 
 After a study's base runs, every claim is checked (the first look).  A claim that is inconclusive
 and whose plan (``intervals``: the seeds at which its interval would clear its bound with 80% power
-at the measured spread) asks for at most ``max_seeds`` seeds in all gets the seeds it lacks -- new
-seeds for every run of its arm (``Claim.arm``), nothing else -- and is checked again on all of them
-(the second look).  A plan that asks for more than twice the cap gets nothing (it would not be
-decided); one between the cap and twice the cap gets seeds up to the cap.  A claim decided at the
+at the measured spread) asks for at most twice ``max_seeds`` gets the seeds planned at the spread's
+upper confidence limit, up to ``max_seeds`` in all -- new seeds for every run of its arm
+(``Claim.arm``), nothing else -- and is checked again on all of them (the second look).  A plan that
+asks for more than twice the cap gets nothing (it would not be decided).  A claim decided at the
 first look keeps that verdict, checked on its base runs alone, so a seed added for another claim
 never re-opens it.  Both looks use ``claims.LOOK_LEVEL`` intervals (α split over the two looks).
 
