@@ -201,7 +201,7 @@ def every(parts: list[Evidence], joiner: str = "; ") -> Evidence:
     open_ = [p for p in parts if p.verdict == INCONCLUSIVE]
     decidable = open_ and all(p.needed for p in open_) and verdict == INCONCLUSIVE
     needed = max(p.needed for p in open_) if decidable else None
-    planned = (max(p.planned for p in open_) if all(p.planned for p in open_) else None) if decidable else None
+    planned = max(p.planned for p in open_) if decidable and all(p.planned for p in open_) else None
     return Evidence(verdict, joiner.join(p.measured for p in parts), worst.estimate, worst.lo, worst.hi,
                     min(p.n for p in parts), notes, tests, needed, planned)
 
@@ -232,5 +232,5 @@ def evaluate(study: str, claims, summary: pd.DataFrame, metrics: pd.DataFrame, l
                      "level": level() if ev.test not in ("", "deterministic") else None, "runs": int(arm.sum()),
                      "seeds": int(seeds.nunique()), "seeds_added": added, "look": 2 if added else 1,
                      "needed": ev.needed if ev.verdict == INCONCLUSIVE else None,
-                     "planned": ev.planned if ev.verdict == INCONCLUSIVE and ev.needed else None})
+                     "planned": ev.planned if ev.verdict == INCONCLUSIVE else None})
     return pd.DataFrame(rows, columns=CLAIMS_SCHEMA.names)
