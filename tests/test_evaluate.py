@@ -361,3 +361,44 @@ def test_an_undecided_card_verdict_gets_seeds_for_its_two_cells_only():
     assert set(runs.norm) == {"new", "bn"} and set(runs.seed) == set(added)
     assert set(runs.lr) == {0.05, 1.0, 4.0}  # every lr its cells read
     assert C.plan_topup(study, s, pd.DataFrame(columns=["metric"]), evaluate, max_seeds=0)["runs"] == []
+
+
+def test_a_card_verdict_over_two_batch_sizes_is_planned_in_seeds_and_the_shared_lr_view_gets_none():
+    """The lr-robustness arm reads a value per batch size and seed: the same three seeds at two batch
+    sizes are three seeds, not six, to the adaptive stage (the seeds added reach the plan in seeds).
+    And only the verdicts a page states get seeds: a shared-lr view shown beside one gets none."""
+    tops = {"new": [3, 3, 2], "bn": [1, 0, 1], "gn": [3, 3, 2], "ln": [3, 3, 2], "none": [3, 3, 2]}
+    at_32 = {**tops, "bn": [3, 2, 1]}  # at the larger batch BN climbs as high on two seeds: undecided on six values
+    s = _summary([{"norm": n, "norm_type": n, "seed": sd, "lr": lr, "batch_size": bs, "collapsed": rank > top}
+                  for bs, tt in ((8, tops), (32, at_32)) for n, t in tt.items() for sd, top in enumerate(t)
+                  for rank, lr in enumerate((0.05, 1.0, 4.0), 1)])
+    evaluate = {"norms": ["new"], "baselines": ["bn", "gn", "ln", "none"], "page": "card", "arms": {}}
+    study = next(name for name, arm in C.card_arms() if "learning-rate" in arm.axis)
+    decision = C.plan_topup(study, s, pd.DataFrame(columns=["metric"]), evaluate, max_seeds=20)
+    (key, c), = ((k, c) for k, c in decision["claims"].items() if k.startswith("new vs bn"))
+    assert c["n"] == 3 and len(c["added"]) == min(max(c["planned"], c["needed"]), 20) - 3
+    rows = C.arm_rows(study, dict(C.card_arms())[study], s, pd.DataFrame(columns=["metric"]), None, "new", ["bn"])
+    ev = next(r["evidence"]["bn"] for r in rows if "bn" in r["evidence"])
+    assert ev.n == 6 and ev.seeds == 3 and c["needed"] == ev.needed
+    # a row that does not count (a shared-lr view beside the best-lr verdict) adds nothing
+    import normbench.card as card_module
+    real = card_module.arm_rows
+    try:
+        card_module.arm_rows = lambda *a, **k: [{**r, "counts": False} for r in real(*a, **k)]
+        assert C.plan_topup(study, s, pd.DataFrame(columns=["metric"]), evaluate, max_seeds=20)["runs"] == []
+    finally:
+        card_module.arm_rows = real
+
+
+def test_every_arms_runs_are_scheduled_from_the_start_not_arm_after_arm(tmp_path):
+    """Snakemake sees each arm's base runs and its adaptive-stage checkpoint at once (a per-study rule
+    between them and the page): one input function over every study's checkpoint stopped at the first
+    incomplete one, and the arms trained one after another with a core idle at each checkpoint."""
+    (tmp_path / "micro.yaml").write_text(yaml.safe_dump(MICRO))
+    cmd = [sys.executable, "-m", "normbench.cli", "evaluate", "ln", "--configfile", "micro.yaml",
+           "--snakefile", str(ROOT / "Snakefile"), "--no-report", "-n"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    stats = dict(re.findall(r"^(topup|aggregate|train)\s+(\d+)$", p.stdout + p.stderr, re.M))
+    assert stats.get("topup") == str(len(MICRO["studies"])) and stats.get("aggregate") == stats["topup"]
+    assert int(stats["train"]) >= 2 * len(MICRO["studies"])  # ln's and the baselines' packs of both arms

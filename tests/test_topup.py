@@ -326,3 +326,17 @@ def test_an_undecided_claim_gets_runs_for_its_arm_only_through_snakemake(tmp_pat
     assert claims.loc["trained", "seeds"] == 3 and claims.loc["trained", "look"] == 1
     again = run_snakemake(wd, "--cores", "2", "-n", snakefile=repo / "Snakefile", env=env)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_plan_over_several_values_per_seed_counts_seeds():
+    """The lr arm pairs a value per batch size and seed: six values from three seeds.  The plan is of
+    values (as for six seeds); the seeds it asks for are half as many, and the cap counts seeds."""
+    v = [0.03, 0.0, 0.06, 0.01, 0.05, 0.04]
+    idx = pd.MultiIndex.from_product([[8, 32], [0, 1, 2]], names=["batch_size", "seed"])
+    per_seed, flat = within(pd.Series(v, index=idx), 0.05, "x"), within(v, 0.05, "x")
+    assert per_seed.verdict == flat.verdict == INCONCLUSIVE and flat.needed and flat.planned
+    assert (per_seed.needed, per_seed.planned) == (math.ceil(flat.needed / 2), math.ceil(flat.planned / 2))
+    assert per_seed.n == 6 and per_seed.seeds == 3 and "6 (batch_size, seed) pairs from 3 seeds" in per_seed.measured
+    assert flat.seeds == 6 and "over 6 seeds" in flat.measured
+    k = topup.seeds_to_add(per_seed.needed, per_seed.seeds, 20, per_seed.planned)
+    assert k == min(max(per_seed.planned, per_seed.needed), 20) - 3

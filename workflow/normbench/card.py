@@ -42,10 +42,14 @@ arms = card_arms
 
 
 def arm_rows(study: str, arm, s: pd.DataFrame, m: pd.DataFrame, info: dict | None, norm: str,
-             baselines: list[str], pool=None) -> list[dict]:
+             baselines: list[str], pool=None, memo: dict | None = None) -> list[dict]:
     """Every measure of one arm graded on its views: at the best lr (the axis's verdict) and at the shared
-    lr beside it where the arm sweeps; on its one view where it does not."""
-    vs = views(arm, s, m, info)
+    lr beside it where the arm sweeps; on its one view where it does not.  ``memo``: one dict per arm
+    kept across a page's normalizers, so its views and values are computed once, not once per norm."""
+    memo = {} if memo is None else memo
+    if "views" not in memo:
+        memo["views"] = views(arm, s, m, info)
+    vs = memo["views"]
     rows = []
     for ms in arm.measures:
         names = [ONE] if ONE in vs else ([BEST, SHARED] if ms.tuned and ms.beside else [BEST] if ms.tuned
@@ -53,7 +57,7 @@ def arm_rows(study: str, arm, s: pd.DataFrame, m: pd.DataFrame, info: dict | Non
         for name in names:
             view = vs[name]
             what = f", at {name}" if name != ONE else ""
-            row = grade(ms, view, norm, baselines, what, pool)
+            row = grade(ms, view, norm, baselines, what, pool, memo)
             rows.append({**row, "axis": arm.axis, "study": study, "counts": name in (BEST, ONE) or not ms.tuned})
     return rows
 
@@ -225,27 +229,29 @@ def topup(card: dict) -> pd.DataFrame:
 
 
 def plan_topup(study: str, s: pd.DataFrame, m: pd.DataFrame, evaluate: dict, max_seeds: int) -> dict:
-    """The adaptive stage for a card's arm (``normbench.topup``, as the claims get it): every verdict of the
-    page -- a card's NORM against each baseline, the leaderboard's every normalizer against BN -- graded on
-    the arm's base runs; one left undecided whose plan asks for at most twice ``max_seeds`` gets new seeds
-    for the runs its two cells read (``topup`` hook), nothing else.  Same decision file as a study's."""
+    """The adaptive stage for a card's arm (``normbench.topup``, as the claims get it): every verdict the
+    page states -- a card's NORM against each baseline, the leaderboard's every normalizer against BN; at
+    the best lr where the arm sweeps, not the shared-lr view shown beside it -- graded on the arm's base
+    runs; one left undecided whose plan asks for at most twice ``max_seeds`` gets new seeds for the runs
+    its two cells read (``topup`` hook), nothing else.  Same decision file as a study's."""
     from .topup import KEY, seeds_to_add
 
     arm = dict(arms())[study]
     info = (evaluate.get("arms") or {}).get(study)
     against = evaluate["baselines"] if evaluate.get("page") != "leaderboard" else ["bn"]
     start = int(s.seed.max()) + 1 if len(s) else 0
-    claims, want = {}, {}  # want: (norm, lr, batch size) -> seeds to add
+    claims, want, memo = {}, {}, {}  # want: (norm, lr, batch size) -> seeds to add
     for norm in evaluate["norms"]:
-        rows = arm_rows(study, arm, s, m, info, norm, [b for b in against if b != norm])
+        rows = arm_rows(study, arm, s, m, info, norm, [b for b in against if b != norm], memo=memo)
         for r in rows:
             for b, word in r["verdicts"].items():
-                if word != UNDECIDED or b not in r["evidence"]:
+                if word != UNDECIDED or b not in r["evidence"] or not r["counts"]:  # counts: the axis's verdict
                     continue
                 ev = r["evidence"][b]
-                k = seeds_to_add(ev.needed, ev.n, max_seeds, ev.planned)
+                seeds = ev.n if ev.seeds is None else ev.seeds  # the lr arm's values are per batch size and seed
+                k = seeds_to_add(ev.needed, seeds, max_seeds, ev.planned)
                 claims[f"{norm} vs {b}: {r['measure']} ({r['view']})"] = {
-                    "verdict": word, "n": int(ev.n), "needed": ev.needed, "planned": ev.planned,
+                    "verdict": word, "n": int(seeds), "needed": ev.needed, "planned": ev.planned,
                     "added": list(range(start, start + k))}
                 for n in (norm, b):
                     for read in r["reads"].get(n, []):

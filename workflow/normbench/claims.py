@@ -60,11 +60,12 @@ class Evidence:
     estimate: float = math.nan
     lo: float = math.nan
     hi: float = math.nan
-    n: int = 0
+    n: int = 0  # the values read (a seed gives several where they are per lr or per batch size)
     note: str = ""  # why it is not reproduced or inconclusive (measured), or a caveat
     test: str = ""  # the procedure that made the interval (``intervals.Procedure.name``), "deterministic"
     needed: int | None = None  # seeds at which the interval would decide it (undecided claims)
     planned: int | None = None  # seeds the adaptive stage gives it: the plan at the spread's upper limit
+    seeds: int | None = None  # the seeds the n values come from (None: one value per seed)
 
 
 def _all_rows(s: pd.DataFrame) -> pd.Series:
@@ -94,14 +95,21 @@ CLAIMS_SCHEMA = pa.schema([
 ])
 
 
-def _interval(values, fmt: str, test: Procedure, bound: float | None = None
-              ) -> tuple[float, float, float, int, str]:
+def _kept(values, test: Procedure) -> tuple[np.ndarray, int]:
+    """The values a test reads (NaN dropped; ±inf too unless it reads them by rank) and the seeds they come
+    from: fewer than the values where each seed gives several (a value per lr, or per batch size)."""
     x = np.asarray([float(v) for v in values], dtype=float)
-    x = x[~np.isnan(x)] if test.censored_ok else x[np.isfinite(x)]
+    keep = ~np.isnan(x) if test.censored_ok else np.isfinite(x)
+    names = list(getattr(getattr(values, "index", None), "names", None) or [])
+    seeds = values.index.get_level_values("seed")[keep].nunique() if "seed" in names and len(names) > 1 else keep.sum()
+    return x[keep], int(seeds)
+
+
+def _interval(x: np.ndarray, fmt: str, test: Procedure, bound: float | None = None) -> tuple[float, float, float, str]:
     est, lo, hi = test.interval(x, level(), bound)
     num = lambda v: f"{v:{fmt}}" if math.isfinite(v) else ("∞" if v > 0 else "−∞")  # noqa: E731
     text = f"{num(est)} [{num(lo)}, {num(hi)}]" if not math.isnan(lo) else f"{num(est)}"
-    return est, lo, hi, len(x), text
+    return est, lo, hi, text
 
 
 def _label(test: Procedure) -> str:
@@ -110,13 +118,18 @@ def _label(test: Procedure) -> str:
 
 def _undecided(values, bound: float, test: Procedure, what: str) -> tuple[str, int | None, int | None]:
     """Why it is undecided, the seeds that would decide it at the measured spread, and the seeds planned
-    for it (at the spread's upper confidence limit: the base seeds measure it loosely)."""
-    x = np.asarray([float(v) for v in values], dtype=float)
-    x = x[~np.isnan(x)] if test.censored_ok else x[np.isfinite(x)]
-    k = test.plan(x, bound, level())
-    planned = test.plan(x, bound, level(), spread_confidence=SPREAD_CONFIDENCE) if k else None
+    for it (at the spread's upper confidence limit: the base seeds measure it loosely).  A plan counts
+    values; where each seed gives several, the seeds are that many fewer."""
+    x, seeds = _kept(values, test)
+    per_seed = len(x) / max(seeds, 1)
+    k = _seeds(test.plan(x, bound, level()), per_seed)
+    planned = _seeds(test.plan(x, bound, level(), spread_confidence=SPREAD_CONFIDENCE), per_seed) if k else None
     return what + (f"; at the measured seed-to-seed spread about {k} seeds would decide it" if k else
                    "; the estimate sits on the bound: more seeds would not decide it"), k, planned
+
+
+def _seeds(values_needed: int | None, per_seed: float) -> int | None:
+    return math.ceil(values_needed / per_seed - 1e-9) if values_needed else values_needed
 
 
 def _decide(values, what: str, fmt: str, test: Procedure, min_n: int, claim: str,
@@ -125,12 +138,15 @@ def _decide(values, what: str, fmt: str, test: Procedure, min_n: int, claim: str
     """The interval of ``values`` judged by ``rule(lo, hi)`` (a verdict, or None: undecided);
     ``bound(estimate)`` is the edge an undecided interval must clear (for its seed plan); ``ties``: the one
     bound of a one-sided rule (a sign test leaves out the seeds tied with it)."""
-    est, lo, hi, n, text = _interval(values, fmt, test, ties)
-    measured = f"{what}: {text} over {n} seeds{claim} ({_label(test)})"
-    ev = Evidence(INCONCLUSIVE, measured, est, lo, hi, n, test=test.name)
+    x, seeds = _kept(values, test)
+    n = len(x)
+    est, lo, hi, text = _interval(x, fmt, test, ties)
+    over = f"{n} seeds" if seeds == n else f"{n} ({', '.join(values.index.names)}) pairs from {seeds} seeds"
+    measured = f"{what}: {text} over {over}{claim} ({_label(test)})"
+    ev = Evidence(INCONCLUSIVE, measured, est, lo, hi, n, test=test.name, seeds=seeds)
     if n < min_n:
-        ev.note = f"only {n} paired seeds (need {min_n})"
-        ev.needed = ev.planned = min_n
+        ev.note = f"only {n} paired {'seeds' if seeds == n else 'values'} (need {min_n})"
+        ev.needed = ev.planned = _seeds(min_n, n / seeds) if seeds else min_n
         return ev
     verdict = rule(lo, hi) if not (math.isnan(lo) or math.isnan(hi)) else None
     if verdict:
@@ -203,7 +219,8 @@ def every(parts: list[Evidence], joiner: str = "; ") -> Evidence:
     needed = max(p.needed for p in open_) if decidable else None
     planned = max(p.planned for p in open_) if decidable and all(p.planned for p in open_) else None
     return Evidence(verdict, joiner.join(p.measured for p in parts), worst.estimate, worst.lo, worst.hi,
-                    min(p.n for p in parts), notes, tests, needed, planned)
+                    min(p.n for p in parts), notes, tests, needed, planned,
+                    min(p.n if p.seeds is None else p.seeds for p in parts))
 
 
 def evaluate(study: str, claims, summary: pd.DataFrame, metrics: pd.DataFrame, looks: dict | None = None

@@ -51,11 +51,12 @@ def build(norms: list[str], data: dict, arms_info: dict | None = None, props: pd
         s, m = data[study]
         setting[arm.axis] = f"{nets(s)}; {tuning_text(arm, arms_info.get(study))}"
         pool = [b for b in BASELINES if b in set(s.norm)]  # did any baseline train: all of them say
+        memo: dict = {}
         for n in others:
-            for r in arm_rows(study, arm, s, m, arms_info.get(study), n, [REFERENCE], pool):
+            for r in arm_rows(study, arm, s, m, arms_info.get(study), n, [REFERENCE], pool, memo):
                 rows.append(_row(r, n))
                 graded.setdefault(n, []).append(r)
-        for r in arm_rows(study, arm, s, m, arms_info.get(study), REFERENCE, []):
+        for r in arm_rows(study, arm, s, m, arms_info.get(study), REFERENCE, [], memo=memo):
             rows.append(_row(r, REFERENCE))
     if cost is not None and len(cost):
         for n in others:

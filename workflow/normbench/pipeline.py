@@ -137,7 +137,8 @@ class Pipeline:
         """``config`` as ``config.load`` returns it (schema-checked, defaults filled in); its
         ``results`` key (``normbench evaluate``'s own folder) wins over the argument.  ``check_runs``
         false skips the runners' checks (seconds of meta-device forwards): for a pipeline that
-        Snakemake checks anyway, read only for its list of runs (the progress of `normbench run`)."""
+        Snakemake checks anyway, read only for its list of runs (the progress of `normbench run`), or
+        checked norm by norm (``failing``)."""
         smoke = bool(config.get("smoke"))
         results = config_file.results_folder(config, results)
         norms = {k: Named(v["type"], dict(v.get("options") or {})) for k, v in (config.get("norms") or {}).items()}
@@ -165,6 +166,7 @@ class Pipeline:
                 name, runs, _pack_columns(name, st.get("pack", True)), train,
                 st.get("threads", config.get("threads", 1)), st.get("mem_mb", config.get("mem_mb", 2000)),
                 st.get("runtime", config.get("runtime", 60)), 0 if smoke else int(st.get("max_seeds", config.get("max_seeds", 0))))
+            self._check_train(self.studies[name])
             if check_runs:
                 self._check_study(self.studies[name])
         if not self.studies:
@@ -188,15 +190,32 @@ class Pipeline:
             raise ConfigError(f"studies.{study}.grid: repeated values give duplicate runs")
         return df
 
+    def _structures(self, st: StudyConfig) -> list[dict]:
+        """One run of each distinct structure (lr and seed aside): what a runner's check reads."""
+        return st.runs.drop_duplicates([c for c in GRID_COLUMNS if c not in PACKED_OUT] + ["_grid"]).to_dict("records")
+
+    def failing(self, study: str) -> dict[str, str]:
+        """norm -> why its runs of ``study`` cannot be built (the runner's check), every norm at once:
+        for a page that drops a candidate from an arm it cannot enter instead of failing whole."""
+        runner, out = RUNNERS.get(STUDIES.get(study).runner), {}
+        for row in self._structures(self.studies[study]):
+            if row["norm"] not in out:
+                try:
+                    runner.check(self.run_config(study, row))
+                except ConfigError as e:
+                    out[row["norm"]] = str(e)
+        return out
+
+    def _check_train(self, st: StudyConfig):
+        for train in st.train:
+            with at_key(f"studies.{st.name}.train"):
+                RunConfig.from_dict(train)
+
     def _check_study(self, st: StudyConfig):
         """Every distinct run structure (lr and seed aside) checked once by its runner."""
         key = f"studies.{st.name}"
-        for train in st.train:
-            with at_key(f"{key}.train"):
-                RunConfig.from_dict(train)
         runner = RUNNERS.get(STUDIES.get(st.name).runner)
-        for row in st.runs.drop_duplicates([c for c in GRID_COLUMNS if c not in PACKED_OUT] + ["_grid"]).to_dict(
-                "records"):
+        for row in self._structures(st):
             with at_key(f"{key}.grid.dataset"):
                 DATASETS.get(row["dataset"])
             with at_key(f"{key}.grid"):

@@ -264,13 +264,23 @@ def _read(measure: Measure, s: pd.DataFrame, m: pd.DataFrame) -> tuple[pd.DataFr
     return (s[measure.runs(s)], m[measure.runs(m)]) if measure.runs else (s, m)
 
 
-def grade(measure: Measure, view: View, norm: str, baselines: list[str], what: str = "", pool=None) -> dict:
+def grade(measure: Measure, view: View, norm: str, baselines: list[str], what: str = "", pool=None,
+          memo: dict | None = None) -> dict:
     """One row of the card: cells (norm -> 'mean [lo, hi]'), the lr each cell used, and per baseline a
     verdict, its evidence, or why it is not measured; ``reads`` says which runs each norm's cell read
     (the hook for adding seeds to an undecided verdict).  ``pool``: the baselines whose training decides
-    whether the measure measures anything here (default: ``baselines``)."""
+    whether the measure measures anything here (default: ``baselines``).  ``memo``: kept across the
+    calls of a page on the same view (one per normalizer): a measure's values, every norm's at once,
+    are computed once."""
+    memo = {} if memo is None else memo
+
+    def values_of(key, summary, metrics):
+        if key not in memo:
+            memo[key] = measure.values(*_read(measure, summary, metrics))
+        return memo[key]
+
     s, m = _read(measure, view.summary, view.metrics)
-    values = measure.values(s, m)
+    values = values_of((id(measure), view.name), view.summary, view.metrics)
     reasons = _reasons(measure, s, m, norm, list(baselines if pool is None else pool))
     cells, reads = {}, {}
     for n in [norm, *baselines]:
@@ -292,7 +302,7 @@ def grade(measure: Measure, view: View, norm: str, baselines: list[str], what: s
         diff = lambda a, c: measure.sign * _pairs(a, c, measure.keys)  # noqa: E731
         mine, theirs = values[values.norm == norm], values[values.norm == b]
         if view.name == BEST:
-            at = {v: measure.values(*_read(measure, *sm)) for v, sm in view.per_lr.items()}
+            at = {v: values_of((id(measure), view.name, v), *sm) for v, sm in view.per_lr.items()}
             against = [diff(mine, d[d.norm == b]) for d in at.values() if (d.norm == b).any()]
             each = [diff(d[d.norm == norm], theirs) for d in at.values() if (d.norm == norm).any()]
             verdicts[b], evidence[b] = tuned_verdict(diff(mine, theirs), against, each, measure.margin, label)

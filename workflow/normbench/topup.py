@@ -51,10 +51,11 @@ def base_runs(df: pd.DataFrame, topup: pd.DataFrame) -> pd.DataFrame:
 
 
 def seeds_to_add(needed: int | None, n: int, max_seeds: int, planned: int | None = None) -> int:
-    """How many seeds an undecided claim gets: none when, at the measured spread, it would take more than
-    twice the cap (or nothing would decide it); else up to ``planned`` -- the plan at the spread's upper
-    confidence limit, which the few base seeds leave wide (None: beyond any plan) -- at most
-    ``max_seeds`` in all."""
+    """How many seeds an undecided claim on ``n`` seeds gets: none when, at the measured spread, it would
+    take more than twice the cap (or nothing would decide it); else up to ``planned`` -- the plan at the
+    spread's upper confidence limit, which the few base seeds leave wide (None: beyond any plan) -- at
+    most ``max_seeds`` in all.  Every count is of seeds (``claims`` turns a plan of values into seeds
+    where a seed gives several)."""
     if not needed or needed > 2 * max_seeds or n >= max_seeds:
         return 0
     return int(max(min(max(planned or max_seeds, needed), max_seeds) - n, 1))
@@ -68,9 +69,9 @@ def plan(study: str, claims, s: pd.DataFrame, m: pd.DataFrame, max_seeds: int) -
     out, runs = {}, []
     for c, row in zip(claims, first.itertuples()):
         needed, planned = (None if pd.isna(v) else int(v) for v in (row.needed, row.planned))
-        k = seeds_to_add(needed, int(row.n), max_seeds, planned) if row.verdict == INCONCLUSIVE else 0
+        k = seeds_to_add(needed, int(row.seeds), max_seeds, planned) if row.verdict == INCONCLUSIVE else 0
         added = list(range(start, start + k))
-        out[c.id] = {"verdict": row.verdict, "n": int(row.n), "needed": needed, "planned": planned, "added": added}
+        out[c.id] = {"verdict": row.verdict, "n": int(row.seeds), "needed": needed, "planned": planned, "added": added}
         if k:
             arm = s[c.arm(s)][KEY].drop_duplicates()
             runs += [{**r, "seed": seed} for r in arm.to_dict("records") for seed in added]

@@ -64,10 +64,12 @@ def topup_markers(study):
     return PIPE.load_topup(study)
 
 
-def evaluate_markers(wildcards=None):
-    """Every pack of the arms, the seeds added to undecided verdicts included: the page (and the timing)
-    come after all training."""
-    return [m for s in PIPE.studies for m in PIPE.markers(s, topup=False) + topup_markers(s)]
+def evaluate_runs(wildcards=None):
+    """Each arm's runs, the seeds added to undecided verdicts included, aggregated per study: the page
+    (and the timing) come after all training.  Through a rule per study, not one function over every
+    study's checkpoint: that stops at the first undecided study, and Snakemake would see the next
+    study's runs only after it -- the arms trained one after another, a core idle at each checkpoint."""
+    return [f"{RESULTS}/{s}/{kind}.parquet" for s in PIPE.studies for kind in ("summary", "metrics")]
 
 
 def evaluate_files():

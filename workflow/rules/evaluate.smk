@@ -1,7 +1,8 @@
 # `normbench evaluate NORM` and `normbench leaderboard` (a config with an `evaluate:` block): the
 # properties of every normalizer (seconds, first), the arms' training runs (ordinary train jobs, shared
 # by every card of the tier), the cost of one layer timed side by side after the training, and the page
-# -- a card or the leaderboard -- read from the arms' run files.  The studies' own reports are not built.
+# -- a card or the leaderboard -- read from the arms' runs (aggregated per study, as a study's are).  The
+# studies' own reports are not built.
 if EVALUATE:
 
     rule evaluate_properties:
@@ -21,7 +22,7 @@ if EVALUATE:
 
     rule evaluate_cost:
         input:
-            evaluate_markers,  # after every training job: the timing runs on a machine no training shares
+            evaluate_runs,  # after every training job: the timing runs on a machine no training shares
         output:
             f"{RESULTS}/cost/{EVALUATE['name']}.parquet",
         log:
@@ -38,7 +39,7 @@ if EVALUATE:
 
     rule evaluate_page:
         input:
-            markers=evaluate_markers,
+            runs=evaluate_runs,
             properties=f"{RESULTS}/properties/{EVALUATE['name']}.parquet",
             cost=f"{RESULTS}/cost/{EVALUATE['name']}.parquet",
         output:
@@ -56,6 +57,6 @@ if EVALUATE:
             ENV
         params:
             evaluate=EVALUATE,
-            runs=lambda w, input: {s: (PIPE.files(s, "summary"), PIPE.files(s, "metrics")) for s in PIPE.studies},
+            runs={s: ([f"{RESULTS}/{s}/summary.parquet"], [f"{RESULTS}/{s}/metrics.parquet"]) for s in PIPE.studies},
         script:
             "../scripts/evaluate_page.py"
