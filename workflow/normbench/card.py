@@ -248,10 +248,9 @@ def plan_topup(study: str, s: pd.DataFrame, m: pd.DataFrame, evaluate: dict, max
                 if word != UNDECIDED or b not in r["evidence"] or not r["counts"]:  # counts: the axis's verdict
                     continue
                 ev = r["evidence"][b]
-                seeds = ev.n if ev.seeds is None else ev.seeds  # the lr arm's values are per batch size and seed
-                k = seeds_to_add(ev.needed, seeds, max_seeds, ev.planned)
+                k = seeds_to_add(ev.needed, ev.seed_count, max_seeds, ev.planned)  # the lr arm: 2 values a seed
                 claims[f"{norm} vs {b}: {r['measure']} ({r['view']})"] = {
-                    "verdict": word, "n": int(seeds), "needed": ev.needed, "planned": ev.planned,
+                    "verdict": word, "n": int(ev.seed_count), "needed": ev.needed, "planned": ev.planned,
                     "added": list(range(start, start + k))}
                 for n in (norm, b):
                     for read in r["reads"].get(n, []):

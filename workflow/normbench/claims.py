@@ -67,6 +67,11 @@ class Evidence:
     planned: int | None = None  # seeds the adaptive stage gives it: the plan at the spread's upper limit
     seeds: int | None = None  # the seeds the n values come from (None: one value per seed)
 
+    @property
+    def seed_count(self) -> int:
+        """The seeds its values come from (what a seed plan and the cap count)."""
+        return self.n if self.seeds is None else self.seeds
+
 
 def _all_rows(s: pd.DataFrame) -> pd.Series:
     return pd.Series(True, index=s.index)
@@ -116,11 +121,12 @@ def _label(test: Procedure) -> str:
     return test.describe(level())
 
 
-def _undecided(values, bound: float, test: Procedure, what: str) -> tuple[str, int | None, int | None]:
+def _undecided(x: np.ndarray, seeds: int, bound: float, test: Procedure, what: str
+               ) -> tuple[str, int | None, int | None]:
     """Why it is undecided, the seeds that would decide it at the measured spread, and the seeds planned
-    for it (at the spread's upper confidence limit: the base seeds measure it loosely).  A plan counts
-    values; where each seed gives several, the seeds are that many fewer."""
-    x, seeds = _kept(values, test)
+    for it (at the spread's upper confidence limit: the base seeds measure it loosely).  ``x``: the
+    values read, from ``seeds`` seeds; a plan counts values, and where each seed gives several, the seeds
+    are that many fewer."""
     per_seed = len(x) / max(seeds, 1)
     k = _seeds(test.plan(x, bound, level()), per_seed)
     planned = _seeds(test.plan(x, bound, level(), spread_confidence=SPREAD_CONFIDENCE), per_seed) if k else None
@@ -153,7 +159,7 @@ def _decide(values, what: str, fmt: str, test: Procedure, min_n: int, claim: str
         ev.verdict = verdict
         return ev
     edge = bound(est)
-    ev.note, ev.needed, ev.planned = _undecided(values, edge, test, f"the interval includes {edge:g}")
+    ev.note, ev.needed, ev.planned = _undecided(x, seeds, edge, test, f"the interval includes {edge:g}")
     return ev
 
 
@@ -220,7 +226,7 @@ def every(parts: list[Evidence], joiner: str = "; ") -> Evidence:
     planned = max(p.planned for p in open_) if decidable and all(p.planned for p in open_) else None
     return Evidence(verdict, joiner.join(p.measured for p in parts), worst.estimate, worst.lo, worst.hi,
                     min(p.n for p in parts), notes, tests, needed, planned,
-                    min(p.n if p.seeds is None else p.seeds for p in parts))
+                    min(p.seed_count for p in parts))
 
 
 def evaluate(study: str, claims, summary: pd.DataFrame, metrics: pd.DataFrame, looks: dict | None = None
