@@ -110,3 +110,34 @@ def test_in_a_terminal_snakemakes_lines_pass_above_the_bars(monkeypatch, capsys,
     monkeypatch.setattr(launcher, "terminal_width", lambda: 0)  # a terminal of no size: plain lines
     rc = launcher.watched([sys.executable, "-c", "import sys; sys.exit(0)"], {}, [], 30.0)
     assert rc == 0 and "\r" not in capsys.readouterr().err
+
+
+def test_snakemake_skips_the_runners_checks_only_for_the_config_the_launcher_checked(snakemake_calls, tmp_path,
+                                                                                         monkeypatch):
+    """`normbench evaluate` and `leaderboard` build every run structure before Snakemake starts; Snakemake,
+    reading the file they wrote, need not build them again -- but a --config override, or any other
+    config, is checked in full."""
+    import yaml
+    from snakemake.common.configfile import load_configfile
+    from snakemake.utils import update_config
+
+    from normbench import evaluate
+    from normbench.config import CHECKED_ENV, checked_here
+
+    cfg = {"device": "cpu", "train": {"steps": 150, "init_std": 1e-05},
+           "studies": {"lr_bs_sweep": {"grid": {"model": ["mlp"], "dataset": ["digits"], "norm": ["bn"],
+                                                "batch_size": [8], "lr": [0.05, 0.2], "seed": [0, 1]}}}}
+    path = tmp_path / "checked.yaml"
+    path.write_text(yaml.dump(cfg, Dumper=evaluate._Plain, sort_keys=False))
+    seen = []
+    monkeypatch.setattr(launcher.subprocess, "run", lambda cmd, **kw: seen.append(dict(launcher.os.environ)) or
+                        subprocess.CompletedProcess(cmd, 0))
+    assert launcher.run(str(path), str(ROOT / "Snakefile"), ["-n"], checked=cfg) == 0
+    env = seen[-1]
+    read = load_configfile(str(path))  # as Snakemake reads it
+    assert checked_here(read, env)
+    overridden = load_configfile(str(path))
+    update_config(overridden, {"seed_offset": 100})
+    assert not checked_here(overridden, env) and not checked_here(read, {})
+    assert launcher.run(str(path), str(ROOT / "Snakefile"), ["-n"]) == 0  # `normbench run`: nothing checked
+    assert CHECKED_ENV not in seen[-1]

@@ -9,7 +9,9 @@ and ``normbench.defaults``), so an installed package works outside a checkout.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib.resources
+import json
 from pathlib import Path
 
 import yaml
@@ -112,6 +114,21 @@ def load(source: str | Path | dict) -> dict:
         return validate(config)
     except ConfigError as e:
         raise ConfigError(f"{where}{e}") from None
+
+
+# set by a launcher that has just checked every run structure of the config it hands to Snakemake
+CHECKED_ENV = "NORMBENCH_CHECKED"
+
+
+def digest(config: dict) -> str:
+    """The config's fingerprint, equal for a dict and the same dict read back from its YAML."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def checked_here(config: dict, environ: dict) -> bool:
+    """Whether the launcher checked this very config (Snakemake's, --config overrides applied): its
+    runners' checks (seconds of meta-device forwards) need not run again at the workflow's start."""
+    return environ.get(CHECKED_ENV) == digest(config)
 
 
 def results_folder(config: dict, default: str = "results") -> str:

@@ -273,7 +273,8 @@ def _launch(path: Path, cfg: dict, snakefile: str | None, extra: list[str], repo
     from .launcher import run as launch
 
     t0 = time.perf_counter()
-    rc = launch(str(path), snakefile, extra, report=report, html=f"{cfg['evaluate']['reports']}/report.html")
+    rc = launch(str(path), snakefile, extra, report=report, html=f"{cfg['evaluate']['reports']}/report.html",
+                checked=cfg)  # checked_battery built every structure: Snakemake need not again
     return rc, time.perf_counter() - t0
 
 

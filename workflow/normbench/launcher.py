@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import load, reports_folder, results_folder
+from .config import CHECKED_ENV, digest, load, reports_folder, results_folder
 from .errors import ConfigError
 
 
@@ -175,14 +175,18 @@ def watched(cmd: list[str], config: dict, extra: list[str], every: float) -> int
 
 
 def run(configfile: str | None, snakefile: str | None, extra: list[str], report: bool = True,
-        html: str | None = None, progress_every: float | None = 30.0) -> int:
-    """``progress_every`` None: no progress display."""
+        html: str | None = None, progress_every: float | None = 30.0, checked: dict | None = None) -> int:
+    """``progress_every`` None: no progress display.  ``checked``: the config file's content, every run
+    structure of it already checked by the caller (Snakemake then skips those checks if it reads the same)."""
     workdir = Path.cwd()
     snake = Path(snakefile) if snakefile else find_snakefile(workdir)
     config = check_config(configfile, snake, extra)
     base = snakemake_command(snake, configfile)
     html = html or f"{reports_folder(results_folder(config))}/report.html"
     extra = list(extra) + gpu_slot_args(config, extra)  # last: --resources takes every value after it
+    os.environ.pop(CHECKED_ENV, None)
+    if checked is not None:
+        os.environ[CHECKED_ENV] = digest(checked)
     with single_run(workdir):
         # our lock is held, so no other run is alive here: Snakemake's locks are a killed run's
         # leftovers, removed as `snakemake --unlock` would (without a second ~10 s Snakemake start)

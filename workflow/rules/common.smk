@@ -25,7 +25,7 @@ CONFIG_SOURCE = ", ".join(map(str, workflow.configfiles)) or "the config"
 
 try:
     CONFIG = nb_config.load(config)
-    PIPE = Pipeline.from_config(CONFIG)
+    PIPE = Pipeline.from_config(CONFIG, check_runs=not nb_config.checked_here(config, os.environ))
 except ConfigError as e:
     sys.exit(f"normbench: config error in {CONFIG_SOURCE}: {e}")
 RESULTS = PIPE.results
