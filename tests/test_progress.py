@@ -264,27 +264,3 @@ def test_the_runs_the_adaptive_stage_adds_join_the_count_once_decided(tmp_path):
     aggregate_study(pipe, "gn_small_batch")
     r = read_finished(results, "gn_small_batch", read_plan(results))
     assert r.aggregated and r.done == r.expected == 16 and sorted(set(r.summary.seed)) == [0, 1, 2, 3, 4]
-
-
-def test_an_added_pack_is_priced_at_its_base_packs_measured_seconds(tmp_path):
-    """Steps cannot tell a slow normalizer's step from a fast one's: an added pack (they come last, where
-    a long one left alone idles a core) is priced from its base pack's benchmark, once there."""
-    from normbench import topup
-
-    results = tmp_path / "results"
-    pipe = trees.pipeline(results)
-    base = pipe.studies["gn_small_batch"].runs
-    added = [{k: r[k] for k in topup.KEY} | {"seed": seed} for _, r in base[base.norm == "bn"].drop_duplicates(
-        topup.KEY).iterrows() for seed in (3, 4, 5)]
-    topup.write({"study": "gn_small_batch", "max_seeds": 6, "claims": {}, "runs": added},
-                results / "gn_small_batch/topup.json")
-    pipe.load_topup("gn_small_batch")
-    packs = pipe.packs("gn_small_batch")
-    pack = next(p for p in packs if p.startswith("topup/"))
-    of = pack[len("topup/"):]
-    steps = pipe.pack_priority("gn_small_batch", pack)  # no benchmark yet: the step estimate
-    bench = results / "benchmarks/train/gn_small_batch" / f"{of}.tsv"
-    bench.parent.mkdir(parents=True)
-    bench.write_text("s\th:m:s\tmax_rss\n90.0\t0:01:30\t100.5\n")  # Snakemake's benchmark file
-    assert len(packs[pack]) == 3 and len(packs[of]) == 3
-    assert pipe.pack_priority("gn_small_batch", pack) == 90 != steps

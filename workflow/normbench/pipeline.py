@@ -332,20 +332,14 @@ class Pipeline:
 
     def pack_priority(self, study: str, pack: str) -> int:
         """A rough size of the pack's work, so that Snakemake starts the longest jobs first and no long
-        job is left to run alone at the end: steps × runs (× 3 for a probed solo run), in thousands.  A
-        vectorized group counts every member: on the CPU a member-step costs about what a solo step does
-        (measured on the default: 2.7 ms per member-step for the lr sweep's 25-member packs).  An added
-        pack (they come last, when the base packs have started) is priced in seconds: its runs at its
-        base pack's measured time per run -- steps cannot tell a 100-layer net's step from an MLP's, nor
-        EvoNorm's from BN's (a 129 s pack priced below 70 s ones ran alone at the end of a leaderboard)."""
+        job is left to run alone at the end: steps × runs (× 3 for a probed solo run).  A vectorized
+        group counts every member: on the CPU a member-step costs about what a solo step does (measured
+        on the default: 2.7 ms per member-step for the lr sweep's 25-member packs)."""
         from .runners.sgd import plan
         from .train import total_steps
 
         if pack.startswith(TOPUP_PREFIX):
             self.load_topup(study)
-            per_run = self._measured_per_run(study, pack[len(TOPUP_PREFIX):])
-            if per_run is not None:
-                return int(per_run * len(self.packs(study)[pack]))
         cfgs = [self.run_config(study, self.studies[study].runs.iloc[i].to_dict()) for i in self.packs(study)[pack]]
         if cfgs[0].runner != "sgd":  # closed-form runs: milliseconds
             return 0
@@ -355,16 +349,6 @@ class Pipeline:
             steps = total_steps(c, DATASETS.get(c.dataset).n_train)
             cost += steps * (len(group) if len(group) > 1 else 3 if c.probes else 1)
         return int(cost // 1000)
-
-    def _measured_per_run(self, study: str, pack: str) -> float | None:
-        """Seconds per run of the finished base pack ``pack`` (Snakemake's benchmark of its job, start-up
-        included), if it is there."""
-        runs = self.packs(study).get(pack)
-        path = Path(config_file.beside(self.results, "benchmarks")) / "train" / study / f"{pack}.tsv"
-        try:
-            return float(path.read_text().splitlines()[1].split("\t")[0]) / len(runs)
-        except (OSError, IndexError, ValueError, TypeError):  # not there, or not yet written
-            return None
 
     def gpu(self) -> int:
         if self.device.startswith("cuda"):
