@@ -33,7 +33,6 @@ rule aggregate:
         metrics=f"{RESULTS}/{{study}}/metrics.parquet",
     log:
         f"{LOGS}/aggregate/{{study}}.log",
-    priority: 1000  # as soon as the study's runs are done, not in a row at the end
     localrule: True
     conda:
         ENV
