@@ -161,7 +161,8 @@ def checked_battery(cands: list[Candidate], base: dict, trim: bool, tier: str = 
 
     cfg = battery(cands, base, trim, tier, name)
     # every run structure checked once, each error kept (a pipeline per candidate and arm took the
-    # leaderboard 40 s before Snakemake started; Snakemake checks the config it is given again)
+    # leaderboard 40 s before Snakemake started); the only check of the structures: the launcher hands
+    # Snakemake this config's digest (``config.checked_here``) and Snakemake does not build them again
     pipe = Pipeline.from_config(config_file.load(copy.deepcopy(cfg)), check_files=False, check_runs=False)
     ids, skipped = {c.id for c in cands}, {}
     for study in pipe.studies:
